@@ -1,0 +1,316 @@
+"""The vision-language DyHead of GLIP: bi-directional cross-attention, BERT layers with clamps, and DyConv.
+
+Each DyHead layer runs, in order: the cross-attention early fusion (vision and text update each other), a BERT
+layer on the text, and a DyConv on every pyramid level. Leaf modules take explicit sizes, not the config.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import deform_conv2d
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+# The original clamps activations to this range so that fp16 training cannot overflow.
+CLAMP_VALUE = 50000.0
+# Additive attention-mask value the original uses for padded text tokens in the cross-attention.
+TEXT_PAD_LOGIT = -9e15
+
+
+def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
+    """relu6(x + 3) / 6, the gate used by DyReLU and the scale-aware attention."""
+    return F.relu6(x + 3.0) / 6.0
+
+
+def flatten_levels(features_per_level: list[torch.Tensor]) -> torch.Tensor:
+    """[(batch, C, H_l, W_l)] -> (batch, sum_l H_l * W_l, C), levels concatenated in order, rows row-major."""
+    return torch.cat([f.flatten(2).transpose(1, 2) for f in features_per_level], dim=1)
+
+
+def unflatten_levels(tokens: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Inverse of `flatten_levels`, with the spatial sizes taken from `like`."""
+    sizes = [f.shape[-2] * f.shape[-1] for f in like]
+    chunks = tokens.transpose(1, 2).split(sizes, dim=2)
+    return [chunk.reshape(f.shape[0], -1, f.shape[-2], f.shape[-1]) for chunk, f in zip(chunks, like)]
+
+
+class GlipBiAttention(nn.Module):
+    """Multi-head cross-attention in both directions between visual tokens and text tokens.
+
+    Vision queries attend over text tokens (padded tokens masked); text queries attend over every visual token.
+    Both directions share one logit matrix, as in the original.
+    """
+
+    def __init__(self, vision_dim, text_dim, embed_dim, num_heads, dropout=0.1, clamp_min=True, clamp_max=True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.dropout = dropout
+        self.clamp_min = -CLAMP_VALUE if clamp_min else None
+        self.clamp_max = CLAMP_VALUE if clamp_max else None
+        self.vision_query_proj = nn.Linear(vision_dim, embed_dim)
+        self.text_key_proj = nn.Linear(text_dim, embed_dim)
+        self.vision_value_proj = nn.Linear(vision_dim, embed_dim)
+        self.text_value_proj = nn.Linear(text_dim, embed_dim)
+        self.vision_out_proj = nn.Linear(embed_dim, vision_dim)
+        self.text_out_proj = nn.Linear(embed_dim, text_dim)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def _merge_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.transpose(1, 2).flatten(2)
+
+    def _clamp(self, x: torch.Tensor) -> torch.Tensor:
+        if self.clamp_min is None and self.clamp_max is None:
+            return x
+        return x.clamp(min=self.clamp_min, max=self.clamp_max)
+
+    def forward(self, vision_tokens, text_tokens, text_mask):
+        """vision_tokens (B, N, Cv), text_tokens (B, T, Ct), text_mask (B, T) 1 = real token.
+
+        Returns the updates (B, N, Cv) and (B, T, Ct).
+        """
+        query = self._split_heads(self.vision_query_proj(vision_tokens) * self.scale)
+        key = self._split_heads(self.text_key_proj(text_tokens))
+        vision_values = self._split_heads(self.vision_value_proj(vision_tokens))
+        text_values = self._split_heads(self.text_value_proj(text_tokens))
+
+        logits = self._clamp(query @ key.transpose(-1, -2))  # (B, heads, N, T)
+        text_logits = logits.transpose(-1, -2)
+        text_logits = self._clamp(text_logits - text_logits.amax(dim=-1, keepdim=True))
+        text_probs = text_logits.softmax(dim=-1)
+
+        # The original adds the integer mask itself: +1 on real tokens (no effect on the softmax), -9e15 on pads.
+        mask_bias = torch.where(text_mask.bool(), 1.0, TEXT_PAD_LOGIT).to(logits.dtype)
+        vision_probs = (logits + mask_bias[:, None, None, :]).softmax(dim=-1)
+
+        vision_probs = F.dropout(vision_probs, p=self.dropout, training=self.training)
+        text_probs = F.dropout(text_probs, p=self.dropout, training=self.training)
+        vision_update = self.vision_out_proj(self._merge_heads(vision_probs @ text_values))
+        text_update = self.text_out_proj(self._merge_heads(text_probs @ vision_values))
+        return vision_update, text_update
+
+
+class GlipFusionBlock(nn.Module):
+    """Pre-norm bi-directional attention with layer scale. The residual adds to the *normalised* inputs."""
+
+    def __init__(self, vision_dim, text_dim, embed_dim, num_heads, dropout, layer_scale_init, clamp_min, clamp_max):
+        super().__init__()
+        self.vision_layer_norm = nn.LayerNorm(vision_dim)
+        self.text_layer_norm = nn.LayerNorm(text_dim)
+        self.attention = GlipBiAttention(vision_dim, text_dim, embed_dim, num_heads, dropout, clamp_min, clamp_max)
+        self.vision_gamma = nn.Parameter(torch.full((vision_dim,), float(layer_scale_init)))
+        self.text_gamma = nn.Parameter(torch.full((text_dim,), float(layer_scale_init)))
+
+    def forward(self, vision_features, text_features, text_mask):
+        """vision_features: [(B, C, H_l, W_l)] per level; text_features (B, T, D). Returns both updated."""
+        vision_tokens = self.vision_layer_norm(flatten_levels(vision_features))
+        text_features = self.text_layer_norm(text_features)
+        vision_update, text_update = self.attention(vision_tokens, text_features, text_mask)
+        vision_tokens = vision_tokens + self.vision_gamma * vision_update
+        text_features = text_features + self.text_gamma * text_update
+        return unflatten_levels(vision_tokens, vision_features), text_features
+
+
+class GlipTextLayer(nn.Module):
+    """A BERT encoder layer with the original's clamps on attention scores and on the feed-forward activations."""
+
+    def __init__(self, hidden_size, num_heads, intermediate_size, hidden_act, layer_norm_eps, dropout,
+                 attention_dropout, clamp_min=True, clamp_max=True):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.clamp_min = -CLAMP_VALUE if clamp_min else None
+        self.clamp_max = CLAMP_VALUE if clamp_max else None
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.key = nn.Linear(hidden_size, hidden_size)
+        self.value = nn.Linear(hidden_size, hidden_size)
+        self.attention_output = nn.Linear(hidden_size, hidden_size)
+        self.attention_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.intermediate = nn.Linear(hidden_size, intermediate_size)
+        self.activation = ACT2FN[hidden_act]
+        self.output = nn.Linear(intermediate_size, hidden_size)
+        self.output_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.attention_dropout = nn.Dropout(attention_dropout)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def forward(self, hidden_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """hidden_states (B, T, D), text_mask (B, T) 1 = real token. Returns (B, T, D)."""
+        query, key, value = (self._heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
+        scores = (query @ key.transpose(-1, -2)) / (self.head_dim**0.5)
+        if self.clamp_min is not None or self.clamp_max is not None:
+            scores = scores.clamp(min=self.clamp_min, max=self.clamp_max)
+        pad_bias = (1.0 - text_mask[:, None, None, :].to(scores.dtype)) * torch.finfo(scores.dtype).min
+        probs = self.attention_dropout((scores + pad_bias).softmax(dim=-1))
+        context = (probs @ value).transpose(1, 2).flatten(2)
+        attention_out = self.attention_layer_norm(self.dropout(self.attention_output(context)) + hidden_states)
+
+        # These clamps are unconditional in the original.
+        intermediate = self.intermediate(attention_out).clamp(-CLAMP_VALUE, CLAMP_VALUE)
+        intermediate = self.activation(intermediate).clamp(-CLAMP_VALUE, CLAMP_VALUE)
+        output = self.dropout(self.output(intermediate)).clamp(-CLAMP_VALUE, CLAMP_VALUE)
+        return self.output_layer_norm(output + attention_out).clamp(-CLAMP_VALUE, CLAMP_VALUE)
+
+
+class ModulatedDeformConv2d(nn.Module):
+    """3x3 convolution that becomes a modulated deformable convolution (DCNv2) when offsets are given."""
+
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__()
+        self.stride = stride
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x, offset=None, mask=None):
+        if offset is None:
+            return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=1)
+        return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=1, mask=mask)
+
+
+class GlipDyReLU(nn.Module):
+    """Dynamic ReLU (two pieces with bias): out = max(x * a1 + b1, x * a2 + b2), coefficients from the global mean."""
+
+    def __init__(self, channels: int, reduction: int = 4):
+        super().__init__()
+        self.channels = channels
+        self.squeeze = nn.Linear(channels, channels // reduction)
+        self.expand = nn.Linear(channels // reduction, 4 * channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        coefficients = hard_sigmoid(self.expand(F.relu(self.squeeze(F.adaptive_avg_pool2d(x, 1).flatten(1)))))
+        a1, b1, a2, b2 = coefficients[:, :, None, None].split(self.channels, dim=1)
+        # lambda_a = 2 and init_a = (1, 0), init_b = (0, 0) as in the original.
+        return torch.maximum(x * ((a1 - 0.5) * 2.0 + 1.0) + (b1 - 0.5), x * ((a2 - 0.5) * 2.0) + (b2 - 0.5))
+
+
+class ConvNorm(nn.Module):
+    """A (deformable) 3x3 conv followed by GroupNorm, or by nothing when `num_groups` is None."""
+
+    def __init__(self, channels, stride, num_groups, eps):
+        super().__init__()
+        self.conv = ModulatedDeformConv2d(channels, channels, stride)
+        self.norm = nn.GroupNorm(num_groups, channels, eps=eps) if num_groups else nn.Identity()
+
+    def forward(self, x, offset=None, mask=None):
+        return self.norm(self.conv(x, offset, mask))
+
+
+def reinterpret_offsets(offset_and_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Read the first C*h*w values of each sample's contiguous (C, H, W) block as (C, h, w).
+
+    This is what the original CUDA kernel does, without a shape check, when the finer level's offsets are passed
+    to the conv on the coarser level.
+    """
+    batch, channels = offset_and_mask.shape[:2]
+    flat = offset_and_mask.contiguous().flatten(1)[:, : channels * size[0] * size[1]]
+    return flat.reshape(batch, channels, *size)
+
+
+def resample_offsets(offset: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Offsets (B, 18, H, W) in pixels of an H x W map, resampled to (h, w) and rescaled to that map's pixels."""
+    scale_y, scale_x = size[0] / offset.shape[-2], size[1] / offset.shape[-1]
+    resized = F.interpolate(offset, size=size, mode="bilinear", align_corners=False)
+    scales = torch.tensor([scale_y, scale_x], dtype=offset.dtype, device=offset.device).repeat(9)
+    return resized * scales[None, :, None, None]
+
+
+class GlipDyConv(nn.Module):
+    """Scale-aware, spatial-aware and task-aware DyHead block over the 5 pyramid levels.
+
+    For level l, three terms are combined: a conv on the level itself, a stride-2 conv on the finer level l-1, and
+    a conv on the coarser level l+1 upsampled to level l. All three use the deformable offsets predicted from
+    level l. Each term is weighted by a hard-sigmoid gate of its global mean (scale-aware attention); the mean of
+    the weighted terms goes through DyReLU.
+    """
+
+    def __init__(self, channels, use_deformable_conv, use_scale_aware_attention, use_dyrelu, num_groups,
+                 group_norm_eps, legacy_upsampled_offset_reinterpretation=False):
+        super().__init__()
+        self.conv_same = ConvNorm(channels, 1, num_groups, group_norm_eps)
+        self.conv_from_finer = ConvNorm(channels, 2, num_groups, group_norm_eps)
+        self.conv_from_coarser = ConvNorm(channels, 1, num_groups, group_norm_eps)
+        self.offset_conv = nn.Conv2d(channels, 27, 3, padding=1) if use_deformable_conv else None
+        self.scale_attention = nn.Conv2d(channels, 1, 1) if use_scale_aware_attention else None
+        self.activation = GlipDyReLU(channels) if use_dyrelu else nn.ReLU()
+        self.legacy_upsampled_offset_reinterpretation = legacy_upsampled_offset_reinterpretation
+
+    def _coarser_offsets(self, offset, mask, size):
+        if self.legacy_upsampled_offset_reinterpretation:
+            return reinterpret_offsets(offset, size), reinterpret_offsets(mask, size)
+        resized_mask = F.interpolate(mask, size=size, mode="bilinear", align_corners=False)
+        return resample_offsets(offset, size), resized_mask
+
+    def _level_terms(self, features, level):
+        feature = features[level]
+        offset = mask = None
+        if self.offset_conv is not None:
+            offset_and_mask = self.offset_conv(feature)
+            offset, mask = offset_and_mask[:, :18], offset_and_mask[:, 18:].sigmoid()
+        terms = [self.conv_same(feature, offset, mask)]
+        if level > 0:
+            terms.append(self.conv_from_finer(features[level - 1], offset, mask))
+        if level < len(features) - 1:
+            coarser = features[level + 1]
+            coarser_offset = coarser_mask = None
+            if offset is not None:
+                coarser_offset, coarser_mask = self._coarser_offsets(offset, mask, coarser.shape[-2:])
+            coarser_term = self.conv_from_coarser(coarser, coarser_offset, coarser_mask)
+            terms.append(F.interpolate(coarser_term, size=feature.shape[-2:], mode="bilinear", align_corners=True))
+        return torch.stack(terms)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """features: [(B, C, H_l, W_l)] for the 5 levels. Returns the same shapes."""
+        outputs = []
+        for level in range(len(features)):
+            terms = self._level_terms(features, level)  # (num_terms, B, C, H, W)
+            if self.scale_attention is not None:
+                gate = F.relu(self.scale_attention(F.adaptive_avg_pool2d(terms.flatten(0, 1), 1)))
+                terms = terms * hard_sigmoid(gate).view(terms.shape[0], terms.shape[1], 1, 1, 1)
+            outputs.append(self.activation(terms.mean(dim=0)))
+        return outputs
+
+
+class GlipDyHeadLayer(GradientCheckpointingLayer):
+    """One DyHead layer: optional fusion, optional BERT text layer, then the DyConv."""
+
+    def __init__(self, config, has_text_layer: bool):
+        super().__init__()
+        text = config.text_config
+        self.fusion = None
+        if config.early_fusion:
+            self.fusion = GlipFusionBlock(
+                config.head_channels, text.hidden_size, config.fusion_embed_dim, config.fusion_num_heads,
+                config.fusion_attention_dropout, config.fusion_layer_scale_init,
+                config.fusion_clamp_min, config.fusion_clamp_max,
+            )
+        self.text_layer = None
+        if has_text_layer:
+            self.text_layer = GlipTextLayer(
+                text.hidden_size, text.num_attention_heads, text.intermediate_size, text.hidden_act,
+                text.layer_norm_eps, text.hidden_dropout_prob, text.attention_probs_dropout_prob,
+                config.text_layer_clamp_min, config.text_layer_clamp_max,
+            )
+        self.dyconv = GlipDyConv(
+            config.head_channels, config.use_deformable_conv, config.use_scale_aware_attention, config.use_dyrelu,
+            config.group_norm_num_groups if config.use_group_norm else None, config.group_norm_eps,
+            config.legacy_upsampled_offset_reinterpretation,
+        )
+
+    def forward(self, vision_features, text_features, text_mask):
+        """vision_features [(B, C, H_l, W_l)], text_features (B, T, D), text_mask (B, T).
+
+        Returns (vision after fusion, text after fusion, text after the BERT layer, vision after the DyConv).
+        """
+        if self.fusion is not None:
+            vision_features, text_features = self.fusion(vision_features, text_features, text_mask)
+        fused_text = text_features
+        if self.text_layer is not None:
+            text_features = self.text_layer(text_features, text_mask)
+        return vision_features, fused_text, text_features, self.dyconv(vision_features)

@@ -1,0 +1,308 @@
+"""GLIP in transformers form: outputs, the pre-trained model base, `GlipModel` and `GlipForGrounding`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import BertModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .box_ops_glip import GlipBoxCoder
+from .configuration_glip import GlipConfig
+from .fusion_glip import GlipBiAttention, GlipDyConv, GlipDyHeadLayer, GlipFusionBlock, GlipTextLayer, flatten_levels
+from .head_glip import GlipAnchorGenerator, GlipGroundingHead, Scale
+from .vision_glip import GlipFeaturePyramid, GlipVisionBackbone
+
+
+@dataclass
+class GlipModelOutput(ModelOutput):
+    """
+    Outputs of [`GlipModel`]. A = number of anchors (locations of P3..P7), T = text length.
+
+    Args:
+        vision_features (`list[torch.FloatTensor]`): the DyHead tower's output per level, each (B, C, H_l, W_l).
+        text_features (`torch.FloatTensor` of shape (B, T, D)): the text features the token logits are scored
+            with (fused ones when `fused_features_dot_product`, else the text tower's masked output).
+        text_mask (`torch.LongTensor` of shape (B, T)): 1 on real tokens.
+        spatial_shapes (`torch.LongTensor` of shape (5, 2)): (H_l, W_l) of P3..P7.
+        backbone_features (`tuple(torch.FloatTensor)`): C3, C4, C5 from the vision backbone.
+        fpn_features (`tuple(torch.FloatTensor)`): P3..P7.
+        text_encoder_hidden_states (`tuple(torch.FloatTensor)`, when `output_hidden_states`): embeddings and every
+            layer of the text tower, each (B, T, D).
+        vision_hidden_states (`tuple(torch.FloatTensor)`, when `output_hidden_states`): the flattened (B, A, C)
+            visual features entering the DyHead, then after each DyHead layer.
+        text_hidden_states (`tuple(torch.FloatTensor)`, when `output_hidden_states`): the (B, T, D) text entering
+            the DyHead, then after each DyHead layer.
+        fusion_vision_hidden_states, fusion_text_hidden_states (`tuple(torch.FloatTensor)`, when
+            `output_hidden_states` and early fusion is on): the outputs of each layer's cross-attention block.
+    """
+
+    vision_features: list | None = None
+    text_features: torch.FloatTensor | None = None
+    text_mask: torch.LongTensor | None = None
+    spatial_shapes: torch.LongTensor | None = None
+    backbone_features: tuple | None = None
+    fpn_features: tuple | None = None
+    text_encoder_hidden_states: tuple | None = None
+    vision_hidden_states: tuple | None = None
+    text_hidden_states: tuple | None = None
+    fusion_vision_hidden_states: tuple | None = None
+    fusion_text_hidden_states: tuple | None = None
+
+
+@dataclass
+class GlipGroundingOutput(ModelOutput):
+    """
+    Outputs of [`GlipForGrounding`]. A = number of anchors over P3..P7 (in that order), T = text length.
+
+    Args:
+        logits (`torch.FloatTensor` of shape (B, A, T)): token logits; sigmoid gives the token probabilities.
+        pred_boxes (`torch.FloatTensor` of shape (B, A, 4)): decoded boxes, absolute xyxy pixels of the padded input.
+        centerness (`torch.FloatTensor` of shape (B, A)): centerness logits.
+        box_regression (`torch.FloatTensor` of shape (B, A, 4)): the raw (dx, dy, dw, dh) before decoding.
+        anchors (`torch.FloatTensor` of shape (B, A, 4)): the anchors, xyxy pixels of the padded input.
+        spatial_shapes (`torch.LongTensor` of shape (5, 2)): (H_l, W_l) of P3..P7.
+        text_mask (`torch.LongTensor` of shape (B, T)): 1 on real tokens.
+        Other fields: as in [`GlipModelOutput`], filled when `output_hidden_states`.
+    """
+
+    logits: torch.FloatTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
+    centerness: torch.FloatTensor | None = None
+    box_regression: torch.FloatTensor | None = None
+    anchors: torch.FloatTensor | None = None
+    spatial_shapes: torch.LongTensor | None = None
+    text_mask: torch.LongTensor | None = None
+    backbone_features: tuple | None = None
+    fpn_features: tuple | None = None
+    text_encoder_hidden_states: tuple | None = None
+    vision_hidden_states: tuple | None = None
+    text_hidden_states: tuple | None = None
+    fusion_vision_hidden_states: tuple | None = None
+    fusion_text_hidden_states: tuple | None = None
+
+
+class GlipPreTrainedModel(PreTrainedModel):
+    config: GlipConfig
+    config_class = GlipConfig
+    base_model_prefix = "model"
+    main_input_name = "pixel_values"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GlipDyHeadLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        config = self.config
+        if isinstance(module, GlipBiAttention):
+            for linear in (module.vision_query_proj, module.text_key_proj, module.vision_value_proj,
+                           module.text_value_proj, module.vision_out_proj, module.text_out_proj):
+                init.xavier_uniform_(linear.weight)
+                init.zeros_(linear.bias)
+        elif isinstance(module, GlipFusionBlock):
+            init.constant_(module.vision_gamma, config.fusion_layer_scale_init)
+            init.constant_(module.text_gamma, config.fusion_layer_scale_init)
+        elif isinstance(module, GlipTextLayer):
+            for linear in (module.query, module.key, module.value, module.attention_output,
+                           module.intermediate, module.output):
+                init.normal_(linear.weight, std=config.text_config.initializer_range)
+                init.zeros_(linear.bias)
+        elif isinstance(module, GlipDyConv):
+            for branch in (module.conv_same, module.conv_from_finer, module.conv_from_coarser):
+                init.normal_(branch.conv.weight, std=config.init_std)
+                init.zeros_(branch.conv.bias)
+            if module.offset_conv is not None:
+                # Zero offsets and a 0.5 modulation at the start: a plain conv, the usual DCNv2 start.
+                init.zeros_(module.offset_conv.weight)
+                init.zeros_(module.offset_conv.bias)
+        elif isinstance(module, GlipGroundingHead):
+            for conv in (module.bbox_pred, module.centerness):
+                init.normal_(conv.weight, std=config.init_std)
+                init.zeros_(conv.bias)
+            init.constant_(module.log_scale, module.log_scale_init)
+            init.zeros_(module.text_bias)
+            init.constant_(module.logit_bias, module.prior_bias)
+        elif isinstance(module, Scale):
+            init.ones_(module.scale)
+        elif isinstance(module, GlipFeaturePyramid):
+            for conv in module.modules():
+                if isinstance(conv, nn.Conv2d):
+                    init.kaiming_uniform_(conv.weight, a=1)
+                    init.zeros_(conv.bias)
+        elif isinstance(module, (nn.Linear, nn.Conv2d)):
+            # Parents above re-initialise their own leaves afterwards (children are visited first).
+            init.normal_(module.weight, std=config.init_std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+class GlipModel(GlipPreTrainedModel):
+    """Vision tower + FPN, BERT text tower, and the vision-language DyHead of GLIP."""
+
+    def __init__(self, config: GlipConfig):
+        super().__init__(config)
+        self.vision_backbone = GlipVisionBackbone(config)
+        self.text_backbone = BertModel(config.text_config, add_pooling_layer=False)
+        self.layers = nn.ModuleList(GlipDyHeadLayer(config, has_text) for has_text in config.has_text_layer)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def _check_inputs(self, pixel_values, input_ids, attention_mask):
+        if pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values must be (batch, 3, height, width), got shape {tuple(pixel_values.shape)}")
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, text_length), got shape {tuple(input_ids.shape)}")
+        if pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"Batch sizes differ: pixel_values has {pixel_values.shape[0]} images but input_ids has "
+                f"{input_ids.shape[0]} captions; give one caption per image"
+            )
+        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
+            )
+        if input_ids.shape[1] > self.config.max_text_len:
+            raise ValueError(
+                f"The text has {input_ids.shape[1]} tokens, more than max_text_len={self.config.max_text_len}; "
+                "split long class lists into several prompts (GlipProcessor does this)"
+            )
+        min_side = max(self.config.anchor_strides)
+        if min(pixel_values.shape[-2:]) < min_side:
+            raise ValueError(
+                f"The image is {tuple(pixel_values.shape[-2:])} pixels; GLIP needs at least {min_side} per side, its "
+                "coarsest stride. Resize (GlipImageProcessor) or pad it."
+            )
+
+    def encode_text(self, input_ids, attention_mask, token_type_ids=None, output_hidden_states=False):
+        """Returns the text tower's last hidden state (B, T, D) and, if asked, all its hidden states."""
+        text_outputs = self.text_backbone(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            output_hidden_states=output_hidden_states,
+        )
+        return text_outputs.last_hidden_state, text_outputs.hidden_states
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> GlipModelOutput:
+        r"""
+        pixel_values (B, 3, H, W): normalised RGB images, zero-padded at the bottom/right to a common size.
+        input_ids, attention_mask, token_type_ids (B, T): the tokenised captions; T at most `max_text_len`.
+        pixel_mask (B, H, W): accepted for API compatibility and not used: as in the original, the padded canvas is
+            part of the input, so pad images to the same multiple of 32 (GlipImageProcessor does) for stable results.
+        """
+        output_hidden_states = output_hidden_states if output_hidden_states is not None else (
+            self.config.output_hidden_states
+        )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        self._check_inputs(pixel_values, input_ids, attention_mask)
+
+        backbone_features, vision_features = self.vision_backbone(pixel_values)
+        text_features, text_encoder_states = self.encode_text(
+            input_ids, attention_mask, token_type_ids, output_hidden_states
+        )
+        # The unfused dot product scores with the masked text tower output ("embedded" in the original).
+        unfused_text = text_features * attention_mask[..., None].to(text_features.dtype)
+
+        fpn_features = tuple(vision_features)
+        vision_states, text_states = [flatten_levels(vision_features)], [text_features]
+        fusion_vision_states, fusion_text_states = [], []
+        for layer in self.layers:
+            fused_vision, fused_text, text_features, vision_features = layer(
+                vision_features, text_features, attention_mask
+            )
+            if output_hidden_states:
+                vision_states.append(flatten_levels(vision_features))
+                text_states.append(text_features)
+                if layer.fusion is not None:
+                    fusion_vision_states.append(flatten_levels(fused_vision))
+                    fusion_text_states.append(fused_text)
+
+        spatial_shapes = torch.tensor([f.shape[-2:] for f in vision_features], dtype=torch.long)
+        return GlipModelOutput(
+            vision_features=vision_features,
+            text_features=text_features if self.config.fused_features_dot_product else unfused_text,
+            text_mask=attention_mask,
+            spatial_shapes=spatial_shapes,
+            backbone_features=tuple(backbone_features) if output_hidden_states else None,
+            fpn_features=fpn_features if output_hidden_states else None,
+            text_encoder_hidden_states=text_encoder_states,
+            vision_hidden_states=tuple(vision_states) if output_hidden_states else None,
+            text_hidden_states=tuple(text_states) if output_hidden_states else None,
+            fusion_vision_hidden_states=tuple(fusion_vision_states) if fusion_vision_states else None,
+            fusion_text_hidden_states=tuple(fusion_text_states) if fusion_text_states else None,
+        )
+
+
+class GlipForGrounding(GlipPreTrainedModel):
+    """GLIP with its ATSS grounding head: per-anchor token logits, boxes and centerness."""
+
+    def __init__(self, config: GlipConfig):
+        super().__init__(config)
+        self.model = GlipModel(config)
+        text_dim = config.text_config.hidden_size
+        self.head = GlipGroundingHead(
+            config.head_channels, text_dim, len(config.anchor_strides), config.prior_prob, config.log_scale_init,
+            config.clamp_dot_product,
+        )
+        self.anchor_generator = GlipAnchorGenerator(
+            config.anchor_sizes, config.anchor_strides, config.anchor_aspect_ratios, config.anchor_octave_base,
+            config.anchor_scales_per_octave,
+        )
+        self.box_coder = GlipBoxCoder(config.box_coder_weights, config.box_coder_max_log_scale)
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.LongTensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        pixel_mask: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> GlipGroundingOutput:
+        r"""
+        See [`GlipModel.forward`] for the inputs. Returns [`GlipGroundingOutput`].
+        """
+        outputs = self.model(
+            pixel_values, input_ids, attention_mask, token_type_ids, pixel_mask,
+            output_hidden_states=output_hidden_states,
+        )
+        logits, box_regression, centerness = self.head(outputs.vision_features, outputs.text_features)
+        anchors = self.anchor_generator(outputs.spatial_shapes.tolist(), logits.device, box_regression.dtype)
+        pred_boxes = self.box_coder.decode(box_regression, anchors[None])
+        return GlipGroundingOutput(
+            logits=logits,
+            pred_boxes=pred_boxes,
+            centerness=centerness,
+            box_regression=box_regression,
+            anchors=anchors[None].expand(logits.shape[0], -1, -1),
+            spatial_shapes=outputs.spatial_shapes,
+            text_mask=outputs.text_mask,
+            backbone_features=outputs.backbone_features,
+            fpn_features=outputs.fpn_features,
+            text_encoder_hidden_states=outputs.text_encoder_hidden_states,
+            vision_hidden_states=outputs.vision_hidden_states,
+            text_hidden_states=outputs.text_hidden_states,
+            fusion_vision_hidden_states=outputs.fusion_vision_hidden_states,
+            fusion_text_hidden_states=outputs.fusion_text_hidden_states,
+        )
+
+
+__all__ = ["GlipModel", "GlipForGrounding", "GlipPreTrainedModel", "GlipModelOutput", "GlipGroundingOutput"]

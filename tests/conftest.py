@@ -1,0 +1,67 @@
+"""Shared test helpers: the reference fixture location and a tiny random GLIP config."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig
+
+from glip_hf import GlipConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = Path(os.environ.get("GLIP_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
+
+
+def require_reference(*relative_paths: str) -> Path:
+    """Path of the reference data; skip (or fail under CI=true) when a file is missing."""
+    for relative in relative_paths:
+        path = REFERENCE_DIR / relative
+        if not path.exists():
+            message = (
+                f"reference fixture {path} is missing; set GLIP_REFERENCE_DIR to the folder with the original GLIP's "
+                "outputs (../shared/reference)"
+            )
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(message)
+            pytest.skip(message)
+    return REFERENCE_DIR
+
+
+def tiny_config(**overrides) -> GlipConfig:
+    """A GLIP-T-shaped model small enough for CPU tests (about 1.5M parameters)."""
+    kwargs = dict(
+        backbone_config=dict(
+            model_type="swin", embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], window_size=7,
+            drop_path_rate=0.0, out_features=["stage2", "stage3", "stage4"],
+        ),
+        text_config=BertConfig(
+            vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64,
+        ),
+        fpn_channels=32,
+        head_channels=32,
+        num_dyhead_layers=2,
+        fusion_embed_dim=64,
+        fusion_num_heads=4,
+        fusion_attention_dropout=0.0,
+        group_norm_num_groups=8,
+        max_text_len=32,
+    )
+    kwargs.update(overrides)
+    return GlipConfig(**kwargs)
+
+
+@pytest.fixture
+def tiny_glip_config() -> GlipConfig:
+    return tiny_config()
+
+
+def tiny_inputs(batch_size=2, height=256, width=256, text_length=12, vocab_size=1000, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(batch_size, 3, height, width, generator=generator)
+    input_ids = torch.randint(5, vocab_size, (batch_size, text_length), generator=generator)
+    input_ids[:, 0] = 1
+    return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
