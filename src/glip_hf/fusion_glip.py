@@ -57,6 +57,8 @@ class GlipBiAttention(nn.Module):
         self.text_value_proj = nn.Linear(text_dim, embed_dim)
         self.vision_out_proj = nn.Linear(embed_dim, vision_dim)
         self.text_out_proj = nn.Linear(embed_dim, text_dim)
+        for projection in self.children():
+            projection.glip_init = "xavier"
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
@@ -137,6 +139,8 @@ class GlipTextLayer(nn.Module):
         self.output_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.attention_dropout = nn.Dropout(attention_dropout)
+        for linear in (self.query, self.key, self.value, self.attention_output, self.intermediate, self.output):
+            linear.glip_init = "text"
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
@@ -171,7 +175,13 @@ class ModulatedDeformConv2d(nn.Module):
     def forward(self, x, offset=None, mask=None):
         if offset is None:
             return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=1)
-        return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=1, mask=mask)
+        if x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type):
+            return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=1, mask=mask)
+        # torchvision has no reduced-precision CPU kernel nor a CPU autocast rule for it: run it in float32.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = deform_conv2d(x.float(), offset.float(), self.weight.float(), self.bias.float(),
+                                stride=self.stride, padding=1, mask=mask.float())
+        return out.to(x.dtype)
 
 
 class GlipDyReLU(nn.Module):
@@ -237,6 +247,8 @@ class GlipDyConv(nn.Module):
         self.conv_from_finer = ConvNorm(channels, 2, num_groups, group_norm_eps)
         self.conv_from_coarser = ConvNorm(channels, 1, num_groups, group_norm_eps)
         self.offset_conv = nn.Conv2d(channels, 27, 3, padding=1) if use_deformable_conv else None
+        if self.offset_conv is not None:
+            self.offset_conv.glip_init = "zeros"
         self.scale_attention = nn.Conv2d(channels, 1, 1) if use_scale_aware_attention else None
         self.activation = GlipDyReLU(channels) if use_dyrelu else nn.ReLU()
         self.legacy_upsampled_offset_reinterpretation = legacy_upsampled_offset_reinterpretation
@@ -303,14 +315,16 @@ class GlipDyHeadLayer(GradientCheckpointingLayer):
             config.legacy_upsampled_offset_reinterpretation,
         )
 
-    def forward(self, vision_features, text_features, text_mask):
-        """vision_features [(B, C, H_l, W_l)], text_features (B, T, D), text_mask (B, T).
+    def forward(self, text_features, text_mask, *vision_features):
+        """text_features (B, T, D), text_mask (B, T), then one (B, C, H_l, W_l) tensor per level.
 
-        Returns (vision after fusion, text after fusion, text after the BERT layer, vision after the DyConv).
+        Tensors go in and out flat (not in lists) so that every kind of activation checkpointing tracks them.
+        Returns (text after fusion, text after the BERT layer, *vision after fusion, *vision after the DyConv).
         """
+        vision_features = list(vision_features)
         if self.fusion is not None:
             vision_features, text_features = self.fusion(vision_features, text_features, text_mask)
         fused_text = text_features
         if self.text_layer is not None:
             text_features = self.text_layer(text_features, text_mask)
-        return vision_features, fused_text, text_features, self.dyconv(vision_features)
+        return (fused_text, text_features, *vision_features, *self.dyconv(vision_features))

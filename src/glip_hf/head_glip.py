@@ -11,8 +11,8 @@ from torch import nn
 from .fusion_glip import CLAMP_VALUE, flatten_levels
 
 
-def cell_anchors(stride: int, sizes: list[float], aspect_ratios: list[float]) -> torch.Tensor:
-    """Anchors (len(ratios) * len(sizes), 4) of one cell at the origin, in the original's pixel-index layout.
+def cell_anchors(stride: int, sizes: list[float], aspect_ratios: list[float]) -> list[list[float]]:
+    """Anchors [len(ratios) * len(sizes)] x 4 of one cell at the origin, in the original's pixel-index layout.
 
     A square base box [0, stride-1] is reshaped to each aspect ratio (rounded sides, as the original), then scaled
     to each size; every box keeps the base centre (stride-1)/2.
@@ -28,7 +28,7 @@ def cell_anchors(stride: int, sizes: list[float], aspect_ratios: list[float]) ->
                 [centre - 0.5 * (width - 1), centre - 0.5 * (height - 1),
                  centre + 0.5 * (width - 1), centre + 0.5 * (height - 1)]
             )
-    return torch.tensor(anchors, dtype=torch.float32)
+    return anchors
 
 
 class GlipAnchorGenerator(nn.Module):
@@ -43,6 +43,7 @@ class GlipAnchorGenerator(nn.Module):
     def __init__(self, sizes, strides, aspect_ratios, octave_base=2.0, scales_per_octave=1):
         super().__init__()
         self.strides = list(strides)
+        # Plain floats, not tensors: they must survive models built on the meta device (from_pretrained).
         self._cells = []
         for size, stride in zip(sizes, strides):
             level_sizes = [size * octave_base ** (k / scales_per_octave) for k in range(scales_per_octave)]
@@ -55,7 +56,7 @@ class GlipAnchorGenerator(nn.Module):
         if key not in self._cache:
             self._cache.clear()  # one entry: inputs of one size in a row are the common case
             self._cache[key] = [
-                self._grid(cell.to(device, dtype), stride, shape)
+                self._grid(torch.tensor(cell, device=device, dtype=dtype), stride, shape)
                 for cell, stride, shape in zip(self._cells, self.strides, spatial_shapes)
             ]
         return self._cache[key]

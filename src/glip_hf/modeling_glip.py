@@ -12,9 +12,9 @@ from transformers.utils import ModelOutput
 
 from .box_ops_glip import GlipBoxCoder
 from .configuration_glip import GlipConfig
-from .fusion_glip import GlipBiAttention, GlipDyConv, GlipDyHeadLayer, GlipFusionBlock, GlipTextLayer, flatten_levels
+from .fusion_glip import GlipDyHeadLayer, GlipFusionBlock, ModulatedDeformConv2d, flatten_levels
 from .head_glip import GlipAnchorGenerator, GlipGroundingHead, Scale
-from .vision_glip import GlipFeaturePyramid, GlipVisionBackbone
+from .vision_glip import GlipVisionBackbone
 
 
 @dataclass
@@ -96,47 +96,36 @@ class GlipPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
+        # transformers visits children first and, for code outside its package, skips modules without parameters of
+        # their own; so every rule lives on a module that owns its parameters. Leaves inside our blocks carry a
+        # `glip_init` tag naming their rule.
         config = self.config
-        if isinstance(module, GlipBiAttention):
-            for linear in (module.vision_query_proj, module.text_key_proj, module.vision_value_proj,
-                           module.text_value_proj, module.vision_out_proj, module.text_out_proj):
-                init.xavier_uniform_(linear.weight)
-                init.zeros_(linear.bias)
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            rule = getattr(module, "glip_init", "normal")
+            if rule == "xavier":
+                init.xavier_uniform_(module.weight)
+            elif rule == "kaiming_uniform":
+                init.kaiming_uniform_(module.weight, a=1)
+            elif rule == "zeros":  # deformable offsets: start as a plain conv with 0.5 modulation (DCNv2 practice)
+                init.zeros_(module.weight)
+            elif rule == "text":
+                init.normal_(module.weight, std=config.text_config.initializer_range)
+            else:
+                init.normal_(module.weight, std=config.init_std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, ModulatedDeformConv2d):
+            init.normal_(module.weight, std=config.init_std)
+            init.zeros_(module.bias)
         elif isinstance(module, GlipFusionBlock):
             init.constant_(module.vision_gamma, config.fusion_layer_scale_init)
             init.constant_(module.text_gamma, config.fusion_layer_scale_init)
-        elif isinstance(module, GlipTextLayer):
-            for linear in (module.query, module.key, module.value, module.attention_output,
-                           module.intermediate, module.output):
-                init.normal_(linear.weight, std=config.text_config.initializer_range)
-                init.zeros_(linear.bias)
-        elif isinstance(module, GlipDyConv):
-            for branch in (module.conv_same, module.conv_from_finer, module.conv_from_coarser):
-                init.normal_(branch.conv.weight, std=config.init_std)
-                init.zeros_(branch.conv.bias)
-            if module.offset_conv is not None:
-                # Zero offsets and a 0.5 modulation at the start: a plain conv, the usual DCNv2 start.
-                init.zeros_(module.offset_conv.weight)
-                init.zeros_(module.offset_conv.bias)
         elif isinstance(module, GlipGroundingHead):
-            for conv in (module.bbox_pred, module.centerness):
-                init.normal_(conv.weight, std=config.init_std)
-                init.zeros_(conv.bias)
             init.constant_(module.log_scale, module.log_scale_init)
             init.zeros_(module.text_bias)
             init.constant_(module.logit_bias, module.prior_bias)
         elif isinstance(module, Scale):
             init.ones_(module.scale)
-        elif isinstance(module, GlipFeaturePyramid):
-            for conv in module.modules():
-                if isinstance(conv, nn.Conv2d):
-                    init.kaiming_uniform_(conv.weight, a=1)
-                    init.zeros_(conv.bias)
-        elif isinstance(module, (nn.Linear, nn.Conv2d)):
-            # Parents above re-initialise their own leaves afterwards (children are visited first).
-            init.normal_(module.weight, std=config.init_std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
         elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
             init.ones_(module.weight)
             init.zeros_(module.bias)
@@ -153,15 +142,20 @@ class GlipModel(GlipPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def _check_inputs(self, pixel_values, input_ids, attention_mask):
+    def _check_inputs(self, pixel_values, input_ids, attention_mask, image_index):
         if pixel_values.dim() != 4:
             raise ValueError(f"pixel_values must be (batch, 3, height, width), got shape {tuple(pixel_values.shape)}")
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, text_length), got shape {tuple(input_ids.shape)}")
-        if pixel_values.shape[0] != input_ids.shape[0]:
+        if image_index is None and pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(
                 f"Batch sizes differ: pixel_values has {pixel_values.shape[0]} images but input_ids has "
-                f"{input_ids.shape[0]} captions; give one caption per image"
+                f"{input_ids.shape[0]} captions; give one caption per image, or image_index to say which image each "
+                "caption belongs to"
+            )
+        if image_index is not None and image_index.shape != input_ids.shape[:1]:
+            raise ValueError(
+                f"image_index must have one entry per caption ({input_ids.shape[0]}), got shape {tuple(image_index.shape)}"
             )
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
             raise ValueError(
@@ -194,13 +188,16 @@ class GlipModel(GlipPreTrainedModel):
         attention_mask: torch.LongTensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         pixel_mask: torch.LongTensor | None = None,
+        image_index: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> GlipModelOutput:
         r"""
-        pixel_values (B, 3, H, W): normalised RGB images, zero-padded at the bottom/right to a common size.
+        pixel_values (N, 3, H, W): normalised RGB images, zero-padded at the bottom/right to a common size.
         input_ids, attention_mask, token_type_ids (B, T): the tokenised captions; T at most `max_text_len`.
+        image_index (B,): the image of each caption, so that several prompts (different prompts, or chunks of a long
+            class list) share one run of the vision tower. Default: caption b goes with image b (N == B).
         pixel_mask (B, H, W): accepted for API compatibility and not used: as in the original, the padded canvas is
             part of the input, so pad images to the same multiple of 32 (GlipImageProcessor does) for stable results.
         """
@@ -209,9 +206,13 @@ class GlipModel(GlipPreTrainedModel):
         )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        self._check_inputs(pixel_values, input_ids, attention_mask)
+        self._check_inputs(pixel_values, input_ids, attention_mask, image_index)
 
         backbone_features, vision_features = self.vision_backbone(pixel_values)
+        if image_index is not None:
+            image_index = image_index.to(pixel_values.device)
+            backbone_features = [feature[image_index] for feature in backbone_features]
+            vision_features = [feature[image_index] for feature in vision_features]
         text_features, text_encoder_states = self.encode_text(
             input_ids, attention_mask, token_type_ids, output_hidden_states
         )
@@ -219,12 +220,12 @@ class GlipModel(GlipPreTrainedModel):
         unfused_text = text_features * attention_mask[..., None].to(text_features.dtype)
 
         fpn_features = tuple(vision_features)
+        num_levels = len(vision_features)
         vision_states, text_states = [flatten_levels(vision_features)], [text_features]
         fusion_vision_states, fusion_text_states = [], []
         for layer in self.layers:
-            fused_vision, fused_text, text_features, vision_features = layer(
-                vision_features, text_features, attention_mask
-            )
+            fused_text, text_features, *level_outputs = layer(text_features, attention_mask, *vision_features)
+            fused_vision, vision_features = level_outputs[:num_levels], level_outputs[num_levels:]
             if output_hidden_states:
                 vision_states.append(flatten_levels(vision_features))
                 text_states.append(text_features)
@@ -273,6 +274,7 @@ class GlipForGrounding(GlipPreTrainedModel):
         attention_mask: torch.LongTensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         pixel_mask: torch.LongTensor | None = None,
+        image_index: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -281,7 +283,7 @@ class GlipForGrounding(GlipPreTrainedModel):
         See [`GlipModel.forward`] for the inputs. Returns [`GlipGroundingOutput`].
         """
         outputs = self.model(
-            pixel_values, input_ids, attention_mask, token_type_ids, pixel_mask,
+            pixel_values, input_ids, attention_mask, token_type_ids, pixel_mask, image_index,
             output_hidden_states=output_hidden_states,
         )
         logits, box_regression, centerness = self.head(outputs.vision_features, outputs.text_features)

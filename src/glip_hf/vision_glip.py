@@ -27,6 +27,9 @@ class GlipFeaturePyramid(nn.Module):
         )
         self.p6_conv = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
         self.p7_conv = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
+        for conv in self.modules():
+            if isinstance(conv, nn.Conv2d):
+                conv.glip_init = "kaiming_uniform"
 
     def forward(self, backbone_features: list[torch.Tensor]) -> list[torch.Tensor]:
         """backbone_features: [C3, C4, C5], each (batch, C_i, H_i, W_i). Returns [P3, ..., P7]."""
