@@ -2,9 +2,11 @@
 
     python convert/convert_glip_to_hf.py --checkpoint glip_tiny_model_o365_goldg.pth \
         --config glip_Swin_T_O365_GoldG.yaml --output-dir glip-t [--text-config bert_config.json] \
-        [--push-to-hub user/glip-t]
+        [--tokenizer TOKENIZER_DIR] [--push-to-hub user/glip-t]
 
-The architecture comes from the YAML (merged over the original's defaults) and the BERT config; nothing is
+The output folder is a complete checkpoint: weights, config, image-processor and tokenizer files, so that
+`GlipProcessor.from_pretrained(DIR)` and `pipeline("zero-shot-object-detection", model=DIR)` work on it. The
+architecture comes from the YAML (merged over the original's defaults) and the BERT config; nothing is
 hard-wired to a size. The first convolution is flipped so the converted model takes RGB images normalised with the
 ImageNet mean/std on a 0-1 scale.
 """
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from transformers import BertConfig
 
-from glip_hf.conversion_glip import ConversionError, convert_checkpoint
+from glip_hf.conversion_glip import ConversionError, convert_checkpoint, load_original_yaml, processor_from_original
 
 
 def parse_args(argv=None):
@@ -26,27 +28,32 @@ def parse_args(argv=None):
     parser.add_argument("--config", required=True, type=Path, help="the original YAML released with it")
     parser.add_argument("--output-dir", required=True, type=Path, help="folder to write (save_pretrained)")
     parser.add_argument("--text-config", type=Path, help="BERT config json (default: bert-base-uncased dims)")
+    parser.add_argument("--tokenizer", type=Path,
+                        help="tokenizer folder or vocab.txt (default: the bundled bert-base-uncased vocabulary)")
     parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hub repository")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    for path in (args.checkpoint, args.config, args.text_config):
-        if path is not None and not path.is_file():
+    for path in (args.checkpoint, args.config, args.text_config, args.tokenizer):
+        if path is not None and not path.exists():
             print(f"error: {path} does not exist", file=sys.stderr)
             return 2
     text_config = BertConfig.from_json_file(str(args.text_config)) if args.text_config else None
     try:
         model = convert_checkpoint(args.checkpoint, args.config, text_config)
-    except ConversionError as error:
+        processor = processor_from_original(load_original_yaml(args.config), args.tokenizer)
+    except (ConversionError, ValueError) as error:
         print(f"error: cannot convert {args.checkpoint}:\n{error}", file=sys.stderr)
         return 1
     model.save_pretrained(args.output_dir)
+    processor.save_pretrained(args.output_dir)
     count = sum(p.numel() for p in model.parameters())
     print(f"wrote {args.output_dir} ({count:,} parameters)")
     if args.push_to_hub:
         model.push_to_hub(args.push_to_hub)
+        processor.push_to_hub(args.push_to_hub)
         print(f"pushed to {args.push_to_hub}")
     return 0
 

@@ -65,3 +65,33 @@ def tiny_inputs(batch_size=2, height=256, width=256, text_length=12, vocab_size=
     input_ids = torch.randint(5, vocab_size, (batch_size, text_length), generator=generator)
     input_ids[:, 0] = 1
     return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+@pytest.fixture(scope="session")
+def converted_reference_dir(tmp_path_factory) -> Path:
+    """The reference checkpoint converted with the command-line converter into a complete folder (session-wide)."""
+    import subprocess
+    import sys
+
+    root = require_reference("glip_tiny_random/original_checkpoint.pth")
+    folder = root / "glip_tiny_random"
+    output = tmp_path_factory.mktemp("converted") / "glip-tiny-random"
+    command = [
+        sys.executable, str(REPO_ROOT / "convert" / "convert_glip_to_hf.py"),
+        "--checkpoint", str(folder / "original_checkpoint.pth"), "--config", str(folder / "original_config.yaml"),
+        "--text-config", str(folder / "bert_config.json"), "--output-dir", str(output),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+@pytest.fixture(scope="session")
+def astronaut_image():
+    """The fixture's photo (skimage astronaut, 512x512 RGB) as a PIL image."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    root = require_reference("glip_tiny_random/inputs.safetensors")
+    pixels = load_file(root / "glip_tiny_random" / "inputs.safetensors")["image_uint8_hwc_rgb"]
+    return Image.fromarray(pixels.numpy())

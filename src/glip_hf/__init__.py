@@ -1,6 +1,10 @@
-"""glip-hf: GLIP (Grounded Language-Image Pre-training) as a transformers-native model."""
+"""glip-hf: GLIP (Grounded Language-Image Pre-training) as a transformers-native model.
+
+Importing the package registers GLIP with transformers' Auto classes and the zero-shot-object-detection pipeline.
+"""
 
 from .configuration_glip import PRESETS, GlipConfig
+from .image_processing_glip import GlipImageProcessor
 from .modeling_glip import (
     GlipForGrounding,
     GlipGroundingOutput,
@@ -8,15 +12,22 @@ from .modeling_glip import (
     GlipModelOutput,
     GlipPreTrainedModel,
 )
+from .processing_glip import GlipProcessor
+from .registration_glip import register_glip
 
 __version__ = "0.1.0"
+
+register_glip()
 
 __all__ = [
     "PRESETS",
     "GlipConfig",
     "GlipForGrounding",
     "GlipGroundingOutput",
+    "GlipImageProcessor",
     "GlipModel",
     "GlipModelOutput",
     "GlipPreTrainedModel",
+    "GlipProcessor",
+    "register_glip",
 ]

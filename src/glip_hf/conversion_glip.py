@@ -262,6 +262,24 @@ def config_from_original(cfg: dict, text_config: BertConfig | None = None) -> Gl
     )
 
 
+def processor_from_original(cfg: dict, tokenizer_path=None):
+    """The `GlipProcessor` of a merged original YAML: test-time resize, padding, text length and post-processing."""
+    from .image_processing_glip import GlipImageProcessor
+    from .processing_glip import GlipProcessor, load_tokenizer
+
+    inputs, atss = cfg["INPUT"], cfg["MODEL"]["ATSS"]
+    image_processor = GlipImageProcessor(
+        size={"shortest_edge": int(inputs["MIN_SIZE_TEST"]), "longest_edge": int(inputs["MAX_SIZE_TEST"])},
+        size_divisibility=int(cfg["DATALOADER"]["SIZE_DIVISIBILITY"]),
+    )
+    return GlipProcessor(
+        image_processor, load_tokenizer(tokenizer_path),
+        max_text_len=cfg["MODEL"]["LANGUAGE_BACKBONE"]["MAX_QUERY_LEN"], candidate_threshold=atss["INFERENCE_TH"],
+        pre_nms_top_n=atss["PRE_NMS_TOP_N"], nms_threshold=atss["NMS_TH"],
+        detections_per_image=atss["DETECTIONS_PER_IMG"], separator=cfg["DATASETS"]["SEPARATION_TOKENS"],
+    )
+
+
 def _substitute(template: str, match: re.Match) -> str:
     """Fill \\N groups, then evaluate "{\\N+k}" / "{\\N-k}" index arithmetic."""
     name = match.expand(template)

@@ -1,0 +1,250 @@
+"""Image processor reproducing GLIP's test-time transform (maskrcnn_benchmark `build_transforms(cfg, is_train=False)`).
+
+The original pipeline is: `Resize(MIN_SIZE_TEST, MAX_SIZE_TEST)` on the uint8 PIL image (PIL bilinear), `ToTensor`,
+`Normalize(format="bgr255")`, then `to_image_list(size_divisible=32)`, which zero-pads the bottom/right *after*
+normalisation. The converted model takes RGB in [0, 1] normalised with the ImageNet mean/std, which is the same
+tensor as the original's up to float rounding and the channel order (the original is BGR).
+
+Every input is first turned into an upright 8-bit RGB PIL image (see `to_rgb_pil_image`), because the original
+resized uint8 PIL images: resizing anything else (floats, 16 bit) would not give the original's pixels.
+"""
+
+import math
+import os
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
+from transformers.processing_utils import ImagesKwargs, Unpack
+
+
+__all__ = ["GlipImageProcessor"]
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class GlipImageProcessorKwargs(ImagesKwargs, total=False):
+    r"""
+    size_divisibility (`int`, *optional*, defaults to 32):
+        Padded height and width are rounded up to a multiple of this (the original's `DATALOADER.SIZE_DIVISIBILITY`).
+        0 or 1 pads only to the largest image of the batch.
+    """
+
+    size_divisibility: int | None
+
+
+def get_resize_output_size(height: int, width: int, shortest_edge: int, longest_edge: int | None) -> tuple[int, int]:
+    """(height, width) after resizing, exactly as maskrcnn_benchmark's `Resize.get_size` computes it."""
+    size = shortest_edge
+    if longest_edge is not None:
+        min_original, max_original = float(min(width, height)), float(max(width, height))
+        if max_original / min_original * size > longest_edge:
+            size = int(round(longest_edge * min_original / max_original))
+    if (width <= height and width == size) or (height <= width and height == size):
+        return height, width
+    # The long side is truncated, not rounded, as in the original.
+    if width < height:
+        return int(size * height / width), size
+    return size, int(size * width / height)
+
+
+def _to_uint8(array: np.ndarray) -> np.ndarray:
+    """Map an array's values to uint8: uint16 is scaled by 255/65535, floats must lie in [0, 1] and are rounded."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if array.dtype == np.uint16:
+        return np.round(array / 257.0).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 1:
+            raise ValueError(
+                f"float images must hold values in [0, 1], got range [{array.min()}, {array.max()}]; "
+                "divide 0-255 data by 255 or pass it as uint8"
+            )
+        # Rounding (not truncation) makes `uint8 / 255` come back as the same uint8.
+        return np.round(array.astype(np.float64) * 255).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer) and array.min() >= 0 and array.max() <= 255:
+        return array.astype(np.uint8)
+    raise ValueError(
+        f"unsupported image dtype {array.dtype}: use uint8, uint16, float in [0, 1], or integers in [0, 255]"
+    )
+
+
+def _to_hwc(array: np.ndarray, prefer_channels_first: bool) -> np.ndarray:
+    """Return an (H, W, C) view; the channel axis is the first or last axis of size 1-4."""
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim != 3:
+        raise ValueError(
+            f"image arrays must be 2-D (H, W) or 3-D (H, W, C) / (C, H, W), got shape {tuple(array.shape)}; "
+            "pass a batch as a list of images"
+        )
+    first_ok, last_ok = array.shape[0] <= 4, array.shape[-1] <= 4
+    # An ambiguous shape such as (3, 5, 3) follows the type's convention: CHW for torch, HWC for numpy.
+    if first_ok and (prefer_channels_first or not last_ok):
+        return array.transpose(1, 2, 0)
+    if last_ok:
+        return array
+    raise ValueError(
+        f"cannot find the channel axis of an image array of shape {tuple(array.shape)}: expected 1 (grey), "
+        "2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels on the first or last axis"
+    )
+
+
+def _array_to_pil(array: np.ndarray, prefer_channels_first: bool) -> Image.Image:
+    hwc = _to_hwc(array, prefer_channels_first)
+    if hwc.size == 0:
+        raise ValueError(f"empty image of shape {tuple(array.shape)}")
+    hwc = _to_uint8(hwc)
+    # Grey (+ alpha) is repeated over RGB and alpha dropped, as PIL's `convert("RGB")` does for L, LA and RGBA.
+    rgb = np.repeat(hwc[:, :, :1], 3, axis=2) if hwc.shape[2] < 3 else hwc[:, :, :3]
+    return Image.fromarray(np.ascontiguousarray(rgb), mode="RGB")
+
+
+def _open_path(path: str | os.PathLike) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            image.load()  # read now: the file is closed on leaving the block
+            return image
+    except (OSError, ValueError) as error:  # missing file, not an image, truncated data
+        raise ValueError(f"cannot read an image from {os.fspath(path)!r}: {error}") from error
+
+
+def _pil_to_rgb(image: Image.Image) -> Image.Image:
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"empty image of size {image.size}")
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    # PIL's own convert("RGB") clips 16-bit and float values instead of scaling them.
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return _array_to_pil(np.clip(np.asarray(image), 0, 65535).astype(np.uint16), prefer_channels_first=False)
+    if image.mode == "F":
+        return _array_to_pil(np.asarray(image), prefer_channels_first=False)
+    try:
+        return image.convert("RGB")  # L, LA, RGBA (alpha dropped, like GLIP's datasets), P, CMYK, YCbCr, 1
+    except (ValueError, OSError) as error:
+        raise ValueError(f"cannot convert a PIL image of mode {image.mode!r} to RGB: {error}") from error
+
+
+def to_rgb_pil_image(image) -> Image.Image:
+    """Convert one input to an upright 8-bit RGB PIL image.
+
+    PIL images are EXIF-transposed and converted (16-bit modes scaled by 255/65535, mode F read as floats in
+    [0, 1]); arrays and tensors are (H, W), (H, W, C) or (C, H, W) with 1-4 channels (see `_to_uint8` for the
+    dtypes); str and path-like inputs are opened with PIL.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        image = _open_path(image)
+    if isinstance(image, Image.Image):
+        return _pil_to_rgb(image)
+    if isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        tensor = tensor.float() if tensor.is_floating_point() and tensor.dtype != torch.float64 else tensor
+        return _array_to_pil(tensor.numpy(), prefer_channels_first=True)
+    if isinstance(image, np.ndarray):
+        return _array_to_pil(image, prefer_channels_first=False)
+    raise ValueError(
+        f"unsupported image type {type(image).__name__}: pass PIL images, numpy arrays, torch tensors or file paths"
+    )
+
+
+class GlipImageProcessor(BaseImageProcessor):
+    r"""
+    GLIP image processor: shortest-edge resize capped by a longest edge (PIL bilinear on uint8), rescale to [0, 1],
+    ImageNet normalisation, then zero-padding to a multiple of `size_divisibility`.
+
+    Returns `pixel_values` (B, 3, H, W) float32, `pixel_mask` (B, H, W) int64 (1 on the image, 0 on padding),
+    `image_sizes` (B, 2) int64 (resized height, width before padding) and `original_sizes` (B, 2) int64.
+    """
+
+    valid_kwargs = GlipImageProcessorKwargs
+    model_input_names = ["pixel_values", "pixel_mask"]
+
+    do_resize = True
+    size = {"shortest_edge": 800, "longest_edge": 1333}
+    default_to_square = False
+    resample = PILImageResampling.BILINEAR
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    image_mean = IMAGENET_DEFAULT_MEAN
+    image_std = IMAGENET_DEFAULT_STD
+    do_pad = True
+    size_divisibility = 32
+
+    def __init__(self, **kwargs: Unpack[GlipImageProcessorKwargs]):
+        super().__init__(**kwargs)
+        self._set_attributes(**kwargs)
+
+    def preprocess(self, images, **kwargs: Unpack[GlipImageProcessorKwargs]) -> BatchFeature:
+        """Preprocess one image or a list of images; any constructor setting can be overridden per call."""
+        kwargs.setdefault("return_tensors", "pt")
+        return super().preprocess(images, **kwargs)
+
+    def _validate_preprocess_kwargs(self, size=None, do_resize=None, **kwargs):
+        super()._validate_preprocess_kwargs(size=size, do_resize=do_resize, **kwargs)
+        if do_resize and (size.shortest_edge is None or set(dict(size)) - {"shortest_edge", "longest_edge"}):
+            raise ValueError(f"size must be {{'shortest_edge': int, 'longest_edge': int (optional)}}, got {dict(size)}")
+
+    def _prepare_image_like_inputs(self, images, *args, **kwargs) -> list[Image.Image]:
+        # The base class would load paths as tensors and reject path-likes; everything goes through PIL here.
+        images = list(images) if isinstance(images, (list, tuple)) else [images]
+        if not images:
+            raise ValueError("no images were given")
+        return [to_rgb_pil_image(image) for image in images]
+
+    def resize(self, image: Image.Image, size, resample=PILImageResampling.BILINEAR) -> Image.Image:
+        """Resize a PIL image with the original's rule; PIL antialiases bilinear downscaling, as the original did."""
+        height, width = get_resize_output_size(image.height, image.width, size.shortest_edge, size.longest_edge)
+        return image.resize((width, height), resample=resample)
+
+    def pad(self, images: list[np.ndarray], size_divisibility: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """Zero-pad (C, H, W) arrays at the bottom/right to the batch maximum rounded up to `size_divisibility`."""
+        height = max(image.shape[1] for image in images)
+        width = max(image.shape[2] for image in images)
+        if size_divisibility and size_divisibility > 1:
+            height = math.ceil(height / size_divisibility) * size_divisibility
+            width = math.ceil(width / size_divisibility) * size_divisibility
+        pixel_values = np.zeros((len(images), images[0].shape[0], height, width), dtype=np.float32)
+        pixel_mask = np.zeros((len(images), height, width), dtype=np.int64)
+        for index, image in enumerate(images):
+            pixel_values[index, :, : image.shape[1], : image.shape[2]] = image
+            pixel_mask[index, : image.shape[1], : image.shape[2]] = 1
+        return pixel_values, pixel_mask
+
+    def _preprocess(
+        self, images: list[Image.Image], do_resize, size, resample, do_rescale, rescale_factor, do_normalize,
+        image_mean, image_std, do_pad, size_divisibility, return_tensors=None, **kwargs,
+    ) -> BatchFeature:
+        original_sizes = [(image.height, image.width) for image in images]
+        arrays = []
+        for image in images:
+            if do_resize:
+                image = self.resize(image, size, resample)
+            array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
+            if do_rescale:
+                array = array * np.float32(rescale_factor)
+            if do_normalize:
+                mean = np.asarray(image_mean, dtype=np.float32).reshape(-1, 1, 1)
+                std = np.asarray(image_std, dtype=np.float32).reshape(-1, 1, 1)
+                array = (array - mean) / std
+            arrays.append(array.astype(np.float32))
+        image_sizes = [array.shape[1:] for array in arrays]
+        if do_pad:
+            pixel_values, pixel_mask = self.pad(arrays, size_divisibility)
+        elif len(set(image_sizes)) > 1:
+            raise ValueError(f"images of different sizes {image_sizes} cannot be batched with do_pad=False")
+        else:
+            pixel_values = np.stack(arrays)
+            pixel_mask = np.ones((len(arrays), *image_sizes[0]), dtype=np.int64)
+        data = {
+            "pixel_values": pixel_values,
+            "pixel_mask": pixel_mask,
+            "image_sizes": np.asarray(image_sizes, dtype=np.int64),
+            "original_sizes": np.asarray(original_sizes, dtype=np.int64),
+        }
+        return BatchFeature(data=data, tensor_type=return_tensors)

@@ -1,0 +1,147 @@
+"""Post-processing of GLIP outputs into detections, with the original ATSS post-processor's semantics.
+
+Per level: phrase score = mean of the token sigmoids over the phrase's tokens; candidates are scores above the
+threshold (tested before centerness); the top `pre_nms_top_n` by score x sigmoid(centerness) are kept; their final
+score is sqrt(score x sigmoid(centerness)). Boxes are clipped to the resized image, then class-aware NMS with the
++1 IoU convention runs over all levels, and the best `detections_per_image` are kept (ties at the cut kept, as the
+original). Everything is batched on the device; the only Python loops run over the 5 levels and over images.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.ops import batched_nms
+
+from .box_ops_glip import PIXEL_INCLUSIVE
+
+
+def phrase_scores(logits: torch.Tensor, token_maps: torch.Tensor) -> torch.Tensor:
+    """Mean token probability of each phrase.
+
+    Args:
+        logits: (B, A, T) token logits.
+        token_maps: (B, P, T) or (P, T), nonzero on the tokens of phrase p.
+    Returns:
+        (B, A, P) scores; a phrase without tokens scores 0.
+    """
+    if token_maps.dim() == 2:
+        token_maps = token_maps.unsqueeze(0).expand(logits.shape[0], -1, -1)
+    token_maps = token_maps[..., : logits.shape[-1]].to(logits.dtype).ne(0).to(logits.dtype)
+    weights = token_maps / token_maps.sum(-1, keepdim=True).clamp(min=1)
+    return logits.sigmoid() @ weights.transpose(1, 2)
+
+
+def _top_candidates_per_level(scores, centerness, spatial_shapes, threshold, pre_nms_top_n):
+    """Indices (B, K) into the flattened (A * P) scores, their gated scores (B, K) and validity (B, K)."""
+    num_phrases = scores.shape[-1]
+    gated = scores * centerness.sigmoid()[..., None]
+    indices, values, valid = [], [], []
+    start = 0
+    for height, width in spatial_shapes.tolist():
+        count = height * width
+        level_scores = scores[:, start:start + count].flatten(1)
+        level_gated = gated[:, start:start + count].flatten(1)
+        is_candidate = level_scores > threshold
+        # Non-candidates sort last; `valid` drops them afterwards, so the count per image may vary.
+        ranked = torch.where(is_candidate, level_gated, torch.full_like(level_gated, -1.0))
+        k = min(pre_nms_top_n, ranked.shape[1])
+        top_values, top_index = ranked.topk(k, dim=1)
+        indices.append(top_index + start * num_phrases)
+        values.append(top_values)
+        valid.append(top_values >= 0)
+        start += count
+    return torch.cat(indices, 1), torch.cat(values, 1), torch.cat(valid, 1)
+
+
+def _clip_to_image(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+    """Clip (K, 4) boxes to [0, w-1] x [0, h-1] of their image's (h, w), given per box as (K, 2)."""
+    max_x = (image_sizes[:, 1] - PIXEL_INCLUSIVE).to(boxes.dtype)
+    max_y = (image_sizes[:, 0] - PIXEL_INCLUSIVE).to(boxes.dtype)
+    return torch.stack(
+        (
+            boxes[..., 0].clamp(min=0).minimum(max_x), boxes[..., 1].clamp(min=0).minimum(max_y),
+            boxes[..., 2].clamp(min=0).minimum(max_x), boxes[..., 3].clamp(min=0).minimum(max_y),
+        ),
+        dim=-1,
+    )
+
+
+def _keep_best(scores: torch.Tensor, limit: int) -> torch.Tensor:
+    """Mask of the `limit` best scores, keeping every score tied with the last one (as the original's kthvalue)."""
+    if limit <= 0 or scores.numel() <= limit:
+        return torch.ones_like(scores, dtype=torch.bool)
+    cutoff = scores.topk(limit).values[-1]
+    return scores >= cutoff
+
+
+def post_process_grounding(
+    phrase_probabilities: torch.Tensor,
+    centerness: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    spatial_shapes: torch.Tensor,
+    image_sizes: torch.Tensor,
+    target_sizes: torch.Tensor | None = None,
+    image_index: torch.Tensor | None = None,
+    label_ids: torch.Tensor | None = None,
+    threshold: float = 0.05,
+    pre_nms_top_n: int = 1000,
+    nms_threshold: float = 0.6,
+    detections_per_image: int = 100,
+) -> list[dict[str, torch.Tensor]]:
+    """Turn per-anchor phrase scores into detections.
+
+    Rows are prompts; several rows may belong to one image (a long class list split into chunks). Each row's
+    candidates are selected per level as in the original, then NMS and the final cut run per image over all its rows.
+
+    Args:
+        phrase_probabilities: (R, A, P) from `phrase_scores`.
+        centerness: (R, A) centerness logits.
+        pred_boxes: (R, A, 4) decoded xyxy boxes in the padded input's pixels.
+        spatial_shapes: (L, 2) (H_l, W_l) of the levels the anchors were concatenated from.
+        image_sizes: (N, 2) (height, width) of each resized image before padding; boxes are clipped to it.
+        target_sizes: (N, 2) (height, width) to rescale boxes to, usually the original image sizes; None keeps the
+            resized image's frame.
+        image_index: (R,) image of each row; default row r is image r.
+        label_ids: (R, P) label of each row's phrase p within its image (-1 for padding); default p.
+        threshold: candidate threshold on the phrase score, before centerness.
+    Returns:
+        Per image a dict with `scores` (N,), `labels` (N,) phrase indices, `boxes` (N, 4) absolute xyxy.
+    """
+    rows, _, num_phrases = phrase_probabilities.shape
+    device = phrase_probabilities.device
+    image_sizes = torch.as_tensor(image_sizes, device=device)
+    if image_index is None:
+        image_index = torch.arange(rows, device=device)
+    if label_ids is None:
+        label_ids = torch.arange(num_phrases, device=device).expand(rows, -1)
+    flat_index, gated, valid = _top_candidates_per_level(
+        phrase_probabilities, centerness, spatial_shapes, threshold, pre_nms_top_n
+    )
+    anchor_index, local_labels = flat_index // num_phrases, flat_index % num_phrases
+    boxes = pred_boxes.gather(1, anchor_index[..., None].expand(-1, -1, 4))
+    row_index = torch.arange(rows, device=device)[:, None].expand_as(local_labels)
+    boxes, gated, row_index, local_labels = boxes[valid], gated[valid], row_index[valid], local_labels[valid]
+    images, labels = image_index.to(device)[row_index], label_ids.to(device)[row_index, local_labels]
+    boxes = _clip_to_image(boxes, image_sizes[images])
+    scores = gated.sqrt()
+
+    # Shifting x2, y2 by one pixel turns torchvision's IoU into the original's +1 IoU exactly.
+    nms_boxes = boxes + boxes.new_tensor([0.0, 0.0, PIXEL_INCLUSIVE, PIXEL_INCLUSIVE])
+    groups = images * (int(label_ids.max()) + 1) + labels
+    keep = batched_nms(nms_boxes.float(), scores.float(), groups, nms_threshold)
+    boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
+
+    if target_sizes is not None:
+        target_sizes = torch.as_tensor(target_sizes, device=device)
+        ratio = target_sizes.to(boxes.dtype) / image_sizes.to(boxes.dtype)  # (N, 2) as (h, w)
+        boxes = boxes * ratio[images][:, [1, 0, 1, 0]]
+
+    results = []
+    for image in range(image_sizes.shape[0]):
+        mine = images == image
+        selected = _keep_best(scores[mine], detections_per_image)
+        results.append({"scores": scores[mine][selected], "labels": labels[mine][selected], "boxes": boxes[mine][selected]})
+    return results
+
+
+__all__ = ["phrase_scores", "post_process_grounding"]

@@ -1,0 +1,266 @@
+"""GlipProcessor: images + prompts in, model inputs and token maps out; detections back with phrase labels.
+
+A prompt is either a list of class names (joined into the original's detection caption, split into chunks when
+it exceeds the maximum text length) or a free caption with the phrases to ground (strings, every occurrence found,
+or character spans). Each prompt row carries a token map (phrase x token) used to score phrases after the model.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, BatchFeature, BertTokenizerFast, ProcessorMixin
+
+from .postprocessing_glip import phrase_scores, post_process_grounding
+
+DETECTION_SEPARATOR = ". "
+BUNDLED_VOCAB = Path(__file__).parent / "data" / "bert-base-uncased-vocab.txt"
+
+
+def load_tokenizer(path: str | Path | None = None):
+    """BERT tokenizer from a saved tokenizer folder, a folder or file holding `vocab.txt`, or (None) the bundled
+    bert-base-uncased vocabulary GLIP was trained with."""
+    path = Path(path) if path is not None else BUNDLED_VOCAB
+    if path.is_dir() and any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+        return AutoTokenizer.from_pretrained(path)
+    vocab = path / "vocab.txt" if path.is_dir() else path
+    if not vocab.is_file():
+        raise ValueError(f"No tokenizer found at {path}: expected tokenizer files or a vocab.txt")
+    return BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+
+
+def clean_class_name(name: str) -> str:
+    """The original's `clean_name`: drop "(...)" (greedy), "_" -> " ", then one double space -> one space."""
+    name = re.sub(r"\(.*\)", "", name)
+    name = name.replace("_", " ")
+    return name.replace("  ", " ")
+
+
+def build_detection_prompt(class_names: list[str], separator: str = DETECTION_SEPARATOR):
+    """Caption "a. b. c" (no trailing separator) and the character span of each cleaned name, as the original."""
+    caption, spans = "", []
+    for index, name in enumerate(class_names):
+        start = len(caption)
+        caption += clean_class_name(name)
+        spans.append([(start, len(caption))])
+        if index != len(class_names) - 1:
+            caption += separator
+    return caption, spans
+
+
+def find_phrase_spans(caption: str, phrase: str) -> list[tuple[int, int]]:
+    """Character spans of every occurrence of `phrase` in `caption`, overlapping ones included."""
+    if not phrase:
+        raise ValueError("An empty phrase cannot be grounded")
+    spans, start = [], caption.find(phrase)
+    while start != -1:
+        spans.append((start, start + len(phrase)))
+        start = caption.find(phrase, start + 1)
+    if not spans:
+        raise ValueError(f"Phrase {phrase!r} does not occur in the caption {caption!r}")
+    return spans
+
+
+def _char_to_token(encoding, candidates):
+    """First token found at one of the candidate character positions (the original retries neighbours)."""
+    for position in candidates:
+        if position < 0:
+            continue
+        token = encoding.char_to_token(position)
+        if token is not None:
+            return token
+    return None
+
+
+def spans_to_token_map(encoding, spans_per_phrase, length: int, caption: str = "") -> torch.Tensor:
+    """(P, length) 0/1 map: phrase p covers tokens char_to_token(start) .. char_to_token(end - 1) of each span.
+
+    Like the original's `create_positive_map`, a boundary on a character without a token (a space) is retried at
+    start+1, start+2 and end-2, end-3. A phrase none of whose spans reaches a token is an error.
+    """
+    token_map = torch.zeros(len(spans_per_phrase), length)
+    for row, spans in enumerate(spans_per_phrase):
+        for start, end in spans:
+            first = _char_to_token(encoding, (start, start + 1, start + 2))
+            last = _char_to_token(encoding, (end - 1, end - 2, end - 3))
+            if first is not None and last is not None and first <= last:
+                token_map[row, first:last + 1] = 1
+        if not token_map[row].any():
+            raise ValueError(f"Span(s) {spans} of caption {caption!r} cover no token (outside the text or truncated)")
+    return token_map
+
+
+@dataclass
+class Prompt:
+    """One model row: a caption, its phrases as character spans, and the phrases' labels within the image."""
+
+    caption: str
+    spans: list
+    labels: list = field(default_factory=list)
+
+
+class GlipProcessor(ProcessorMixin):
+    r"""
+    Wraps a [`GlipImageProcessor`] and a BERT tokenizer.
+
+    Call it with `images` and `text`. For one image, `text` is a list of class names (detection prompt) or a caption
+    string; with `phrases`, the caption's phrases to ground (strings: every occurrence; or `(start, end)` spans);
+    a caption without `phrases` is split at "." into phrases. For a list of images, give a list with one such entry
+    per image (prompts may differ per image).
+
+    Args:
+        max_text_len: longest prompt in tokens; longer class lists are split into several rows (chunks).
+        candidate_threshold, pre_nms_top_n, nms_threshold, detections_per_image: post-processing settings, defaults
+            of the original's ATSS post-processor.
+    """
+
+    def __init__(self, image_processor, tokenizer, max_text_len: int = 256, candidate_threshold: float = 0.05,
+                 pre_nms_top_n: int = 1000, nms_threshold: float = 0.6, detections_per_image: int = 100,
+                 separator: str = DETECTION_SEPARATOR):
+        super().__init__(image_processor, tokenizer)
+        self.max_text_len = max_text_len
+        self.separator = separator
+        self.candidate_threshold = candidate_threshold
+        self.pre_nms_top_n = pre_nms_top_n
+        self.nms_threshold = nms_threshold
+        self.detections_per_image = detections_per_image
+
+    # ----- prompts -------------------------------------------------------------------------------------------------
+
+    def _token_count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def chunk_class_names(self, class_names: list[str]) -> list[list[int]]:
+        """Split class indices into as few consecutive chunks as possible whose prompt fits `max_text_len`."""
+        separator_tokens = self._token_count(self.separator)
+        chunks, current, used = [], [], 2  # [CLS] and [SEP]
+        for index, name in enumerate(class_names):
+            name_tokens = self._token_count(clean_class_name(name))
+            if 2 + name_tokens > self.max_text_len:
+                raise ValueError(f"Class name {name!r} alone is longer than max_text_len={self.max_text_len} tokens")
+            extra = name_tokens + (separator_tokens if current else 0)
+            if used + extra > self.max_text_len:
+                chunks.append(current)
+                current, used, extra = [], 2, name_tokens
+            current.append(index)
+            used += extra
+        chunks.append(current)
+        return chunks
+
+    def _prompts_for_image(self, text, phrases) -> tuple[list[Prompt], list[str]]:
+        """The prompt rows of one image and its phrase strings (labels index into them)."""
+        if isinstance(text, str):
+            if not text.strip():
+                raise ValueError("The prompt is empty")
+            if phrases is None:
+                phrases = [part.strip() for part in text.split(".") if part.strip()]
+            spans, names = [], []
+            for phrase in phrases:
+                if isinstance(phrase, str):
+                    spans.append(find_phrase_spans(text, phrase))
+                    names.append(phrase)
+                else:
+                    start, end = (int(v) for v in phrase)
+                    if not 0 <= start < end <= len(text):
+                        raise ValueError(f"Span {phrase} is outside the caption of length {len(text)}")
+                    spans.append([(start, end)])
+                    names.append(text[start:end])
+            return [Prompt(text, spans, list(range(len(spans))))], names
+        names = list(text)
+        if not names or not all(isinstance(n, str) and n.strip() for n in names):
+            raise ValueError(f"A class-name prompt needs non-empty strings, got {text!r}")
+        if phrases is not None:
+            raise ValueError("`phrases` applies to a caption string, not to a list of class names")
+        prompts = []
+        for chunk in self.chunk_class_names(names):
+            caption, spans = build_detection_prompt([names[i] for i in chunk], self.separator)
+            prompts.append(Prompt(caption, spans, chunk))
+        return prompts, [clean_class_name(n) for n in names]
+
+    def _normalise_batch(self, images, text, phrases):
+        single = images is not None and not isinstance(images, (list, tuple))
+        if single or images is None and (isinstance(text, str) or _is_flat_names(text)):
+            return ([images] if images is not None else None), [text], [phrases]
+        count = len(images) if images is not None else len(text)
+        if not isinstance(text, (list, tuple)) or len(text) != count:
+            raise ValueError(f"Give one prompt per image: {count} image(s) but text is {text!r}")
+        phrases = phrases if phrases is not None else [None] * count
+        if len(phrases) != count:
+            raise ValueError(f"Give one phrase list per image: {count} image(s), {len(phrases)} phrase lists")
+        return images, list(text), list(phrases)
+
+    # ----- __call__ ------------------------------------------------------------------------------------------------
+
+    def __call__(self, images=None, text=None, phrases=None, return_tensors="pt", **kwargs) -> BatchFeature:
+        """Returns pixel inputs (when images are given), `input_ids`, `attention_mask`, `image_index` (image of each
+        row), `token_maps` (rows, P, T), `label_ids` (rows, P; -1 = padding) and `text_labels` (phrases per image)."""
+        if text is None:
+            raise ValueError("GlipProcessor needs a prompt (`text`): class names or a caption")
+        images, texts, phrase_lists = self._normalise_batch(images, text, phrases)
+        rows, text_labels, image_index = [], [], []
+        for image_number, (prompt, prompt_phrases) in enumerate(zip(texts, phrase_lists)):
+            prompts, names = self._prompts_for_image(prompt, prompt_phrases)
+            rows += prompts
+            text_labels.append(names)
+            image_index += [image_number] * len(prompts)
+        encoding = self.tokenizer(
+            [row.caption for row in rows], padding="longest", return_token_type_ids=False, return_tensors="pt",
+        )
+        if encoding["input_ids"].shape[1] > self.max_text_len:
+            raise ValueError(
+                f"A caption has {encoding['input_ids'].shape[1]} tokens, more than max_text_len={self.max_text_len}; "
+                "shorten it or give a list of class names (split automatically)"
+            )
+        length = encoding["input_ids"].shape[1]
+        max_phrases = max(len(row.spans) for row in rows)
+        token_maps = torch.zeros(len(rows), max_phrases, length)
+        label_ids = torch.full((len(rows), max_phrases), -1, dtype=torch.long)
+        for index, row in enumerate(rows):
+            token_maps[index, : len(row.spans)] = spans_to_token_map(encoding[index], row.spans, length, row.caption)
+            label_ids[index, : len(row.labels)] = torch.tensor(row.labels, dtype=torch.long)
+        data = dict(encoding)
+        data.update(token_maps=token_maps, label_ids=label_ids, image_index=torch.tensor(image_index),
+                    text_labels=text_labels)
+        if images is not None:
+            data.update(self.image_processor(images, return_tensors="pt", **kwargs))
+        return BatchFeature(data, tensor_type=return_tensors)
+
+    # ----- post-processing -----------------------------------------------------------------------------------------
+
+    def post_process_grounded_object_detection(self, outputs, inputs, threshold: float = 0.0, target_sizes=None,
+                                               candidate_threshold: float | None = None):
+        """Detections per image: `scores`, `labels` (index into the image's phrases), `text_labels`, `boxes`.
+
+        Args:
+            outputs: the model's output ([`GlipGroundingOutput`]).
+            inputs: what this processor returned for the batch (token maps, image sizes, phrase strings).
+            threshold: keep detections whose final score sqrt(phrase score x centerness) exceeds it.
+            target_sizes: (N, 2) (height, width) per image for the boxes; default the original image sizes.
+            candidate_threshold: the original's pre-NMS threshold on the phrase score (default from the processor).
+        """
+        scores = phrase_scores(outputs.logits, inputs["token_maps"].to(outputs.logits.device))
+        if target_sizes is None:
+            target_sizes = inputs["original_sizes"]
+        results = post_process_grounding(
+            scores, outputs.centerness, outputs.pred_boxes, outputs.spatial_shapes, inputs["image_sizes"],
+            target_sizes=target_sizes, image_index=inputs["image_index"], label_ids=inputs["label_ids"],
+            threshold=self.candidate_threshold if candidate_threshold is None else candidate_threshold,
+            pre_nms_top_n=self.pre_nms_top_n, nms_threshold=self.nms_threshold,
+            detections_per_image=self.detections_per_image,
+        )
+        for result, names in zip(results, inputs["text_labels"]):
+            keep = result["scores"] > threshold
+            for key in ("scores", "labels", "boxes"):
+                result[key] = result[key][keep]
+            result["text_labels"] = [names[i] for i in result["labels"].tolist()]
+        return results
+
+
+def _is_flat_names(text) -> bool:
+    return isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)
+
+
+__all__ = ["GlipProcessor", "load_tokenizer", "build_detection_prompt", "clean_class_name", "find_phrase_spans", "spans_to_token_map"]
