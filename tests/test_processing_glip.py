@@ -268,3 +268,28 @@ def test_cli_explains_bad_input(converted_reference_dir, astronaut_image, tmp_pa
         command += [key, value]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     assert result.returncode != 0 and message in result.stderr
+
+
+ADJECTIVES = ["red", "blue", "green", "small", "large", "old", "new", "wooden", "metal", "plastic", "striped",
+              "round", "square", "tall", "short", "bright", "dark", "heavy", "light", "soft", "hard", "wet", "dry",
+              "hot", "cold", "empty", "full", "open", "closed", "broken", "clean", "dirty", "quiet", "loud", "young",
+              "white", "black", "yellow", "purple", "orange"]
+NOUNS = ["cup", "chair", "table", "lamp", "door", "window", "bottle", "bag", "shoe", "hat", "coat", "box", "ball",
+         "car", "truck", "boat", "bird", "dog", "cat", "horse", "tree", "flower", "book", "phone", "clock", "bench",
+         "fence", "sign", "kite", "bowl", "spoon"]
+
+
+def test_an_lvis_size_vocabulary_runs_in_chunks_with_global_labels(glip, astronaut_image):
+    model, processor = glip
+    names = [f"{adjective} {noun}" for adjective in ADJECTIVES for noun in NOUNS][:1203]
+    inputs = processor(images=astronaut_image, text=names)
+    rows = inputs["input_ids"].shape[0]
+    assert inputs["input_ids"].shape[1] <= 256
+    # About 3 tokens per name with its separator: the rows are as full as greedy packing allows.
+    assert rows == len(processor.chunk_class_names(names)) and rows <= -(-3 * len(names) // 254) + 1
+    with torch.no_grad():
+        outputs = model(**inputs)
+    (result,) = processor.post_process_grounded_object_detection(outputs, inputs)
+    assert len(result["labels"]) == processor.detections_per_image
+    assert int(result["labels"].max()) < len(names) and result["labels"].unique().numel() > 1
+    assert result["text_labels"] == [names[i] for i in result["labels"].tolist()]
