@@ -69,6 +69,8 @@ class GlipConfig(PreTrainedConfig):
         log_scale_init (`float`): initial log temperature of the dot-product logits.
         pre_nms_score_threshold, pre_nms_top_n, nms_threshold, detections_per_image: inference settings.
         atss_topk, focal_alpha, focal_gamma, box_loss_weight: training settings (ATSS and losses).
+        prompt_tuning (`bool`): add learnable prompt embeddings (max_text_len x text dim, zero at start) to the text
+            tower's output, as the original's `ADD_LINEAR_LAYER` ("prompt tuning" of the GLIP paper).
         legacy_upsampled_offset_reinterpretation (`bool`): reproduce the original CUDA kernel's bug in the DyConv
             branch that reads the finer level's offsets for a coarser map (see `fusion_glip.DyConv`). Converted
             checkpoints switch it on because their weights were trained with it.
@@ -125,6 +127,7 @@ class GlipConfig(PreTrainedConfig):
     focal_gamma: float = 2.0
     box_loss_weight: float = 2.0
     legacy_upsampled_offset_reinterpretation: bool = False
+    prompt_tuning: bool = False
     init_std: float = 0.01
 
     def __post_init__(self, **kwargs):

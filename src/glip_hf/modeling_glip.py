@@ -14,6 +14,7 @@ from .box_ops_glip import GlipBoxCoder
 from .configuration_glip import GlipConfig
 from .fusion_glip import GlipDyHeadLayer, GlipFusionBlock, ModulatedDeformConv2d, flatten_levels
 from .head_glip import GlipAnchorGenerator, GlipGroundingHead, Scale
+from .loss_glip import GlipLoss
 from .vision_glip import GlipVisionBackbone
 
 
@@ -59,6 +60,9 @@ class GlipGroundingOutput(ModelOutput):
     Outputs of [`GlipForGrounding`]. A = number of anchors over P3..P7 (in that order), T = text length.
 
     Args:
+        loss (`torch.FloatTensor`, when `labels` are given): the total training loss.
+        loss_dict (`dict[str, torch.Tensor]`, when `labels` are given): its terms `loss_dot_product_token`,
+            `loss_reg`, `loss_centerness`, and `num_positive_anchors`.
         logits (`torch.FloatTensor` of shape (B, A, T)): token logits; sigmoid gives the token probabilities.
         pred_boxes (`torch.FloatTensor` of shape (B, A, 4)): decoded boxes, absolute xyxy pixels of the padded input.
         centerness (`torch.FloatTensor` of shape (B, A)): centerness logits.
@@ -69,6 +73,8 @@ class GlipGroundingOutput(ModelOutput):
         Other fields: as in [`GlipModelOutput`], filled when `output_hidden_states`.
     """
 
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict | None = None
     logits: torch.FloatTensor | None = None
     pred_boxes: torch.FloatTensor | None = None
     centerness: torch.FloatTensor | None = None
@@ -117,6 +123,8 @@ class GlipPreTrainedModel(PreTrainedModel):
         elif isinstance(module, ModulatedDeformConv2d):
             init.normal_(module.weight, std=config.init_std)
             init.zeros_(module.bias)
+        elif isinstance(module, GlipModel) and module.prompt_embeddings is not None:
+            init.zeros_(module.prompt_embeddings)
         elif isinstance(module, GlipFusionBlock):
             init.constant_(module.vision_gamma, config.fusion_layer_scale_init)
             init.constant_(module.text_gamma, config.fusion_layer_scale_init)
@@ -139,6 +147,9 @@ class GlipModel(GlipPreTrainedModel):
         self.vision_backbone = GlipVisionBackbone(config)
         self.text_backbone = BertModel(config.text_config, add_pooling_layer=False)
         self.layers = nn.ModuleList(GlipDyHeadLayer(config, has_text) for has_text in config.has_text_layer)
+        self.prompt_embeddings = None
+        if config.prompt_tuning:
+            self.prompt_embeddings = nn.Parameter(torch.zeros(config.max_text_len, config.text_config.hidden_size))
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -218,6 +229,10 @@ class GlipModel(GlipPreTrainedModel):
         )
         # The unfused dot product scores with the masked text tower output ("embedded" in the original).
         unfused_text = text_features * attention_mask[..., None].to(text_features.dtype)
+        if self.prompt_embeddings is not None:
+            # Prompt tuning adds the same learnt vectors to both, after the mask, as the original's tunable_linear.
+            prompt = self.prompt_embeddings[: text_features.shape[1]].to(text_features.dtype)
+            text_features, unfused_text = text_features + prompt, unfused_text + prompt
 
         fpn_features = tuple(vision_features)
         num_levels = len(vision_features)
@@ -265,7 +280,18 @@ class GlipForGrounding(GlipPreTrainedModel):
             config.anchor_scales_per_octave,
         )
         self.box_coder = GlipBoxCoder(config.box_coder_weights, config.box_coder_max_log_scale)
+        self.loss_function = GlipLoss(
+            self.box_coder, config.atss_topk, config.focal_alpha, config.focal_gamma, config.box_loss_weight
+        )
         self.post_init()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            for tower in (self.model.vision_backbone, self.model.text_backbone):
+                if not any(parameter.requires_grad for parameter in tower.parameters()):
+                    tower.eval()  # a frozen tower keeps its inference behaviour (no dropout, no drop path)
+        return self
 
     def forward(
         self,
@@ -275,12 +301,16 @@ class GlipForGrounding(GlipPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
         pixel_mask: torch.LongTensor | None = None,
         image_index: torch.LongTensor | None = None,
+        labels: list[dict] | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> GlipGroundingOutput:
         r"""
         See [`GlipModel.forward`] for the inputs. Returns [`GlipGroundingOutput`].
+
+        labels (`list[dict]`, *optional*): one dict per caption row with "boxes" (n, 4) xyxy in input pixels and
+            "token_map" (n, T) 0/1 tokens of each box's phrase (see `loss_glip`). When given, `loss` is computed.
         """
         outputs = self.model(
             pixel_values, input_ids, attention_mask, token_type_ids, pixel_mask, image_index,
@@ -289,7 +319,16 @@ class GlipForGrounding(GlipPreTrainedModel):
         logits, box_regression, centerness = self.head(outputs.vision_features, outputs.text_features)
         anchors = self.anchor_generator(outputs.spatial_shapes.tolist(), logits.device, box_regression.dtype)
         pred_boxes = self.box_coder.decode(box_regression, anchors[None])
+        loss = loss_dict = None
+        if labels is not None:
+            anchors_per_level = [int(h * w) for h, w in outputs.spatial_shapes.tolist()]
+            loss_dict = self.loss_function(
+                logits, box_regression, centerness, anchors, anchors_per_level, outputs.text_mask, labels
+            )
+            loss = loss_dict["loss"]
         return GlipGroundingOutput(
+            loss=loss,
+            loss_dict=loss_dict,
             logits=logits,
             pred_boxes=pred_boxes,
             centerness=centerness,

@@ -7,6 +7,7 @@ or character spans). Each prompt row carries a token map (phrase x token) used t
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,27 +154,41 @@ class GlipProcessor(ProcessorMixin):
     def _prompts_for_image(self, text, phrases) -> tuple[list[Prompt], list[str]]:
         """The prompt rows of one image and its phrase strings (labels index into them)."""
         if isinstance(text, str):
-            if not text.strip():
-                raise ValueError("The prompt is empty")
-            if phrases is None:
-                phrases = [part.strip() for part in text.split(".") if part.strip()]
-            spans, names = [], []
-            for phrase in phrases:
-                if isinstance(phrase, str):
-                    spans.append(find_phrase_spans(text, phrase))
-                    names.append(phrase)
-                else:
-                    start, end = (int(v) for v in phrase)
-                    if not 0 <= start < end <= len(text):
-                        raise ValueError(f"Span {phrase} is outside the caption of length {len(text)}")
-                    spans.append([(start, end)])
-                    names.append(text[start:end])
-            return [Prompt(text, spans, list(range(len(spans))))], names
-        names = list(text)
-        if not names or not all(isinstance(n, str) and n.strip() for n in names):
-            raise ValueError(f"A class-name prompt needs non-empty strings, got {text!r}")
+            return self._caption_prompt(text, phrases)
         if phrases is not None:
             raise ValueError("`phrases` applies to a caption string, not to a list of class names")
+        return self._class_list_prompts(list(text))
+
+    def _caption_prompt(self, caption: str, phrases) -> tuple[list[Prompt], list[str]]:
+        if not caption.strip():
+            raise ValueError("The prompt is empty")
+        if phrases is None:
+            phrases = [part.strip() for part in caption.split(".") if part.strip()]
+        elif isinstance(phrases, str) or _is_span(phrases):
+            phrases = [phrases]  # one phrase, not a sequence of characters / numbers
+        if not phrases:
+            raise ValueError(f"No phrase to ground in the caption {caption!r}: give `phrases` or '.'-separated text")
+        spans, names = [], []
+        for phrase in phrases:
+            if isinstance(phrase, str):
+                spans.append(find_phrase_spans(caption, phrase))
+                names.append(phrase)
+            elif _is_span(phrase):
+                start, end = int(phrase[0]), int(phrase[1])
+                if not 0 <= start < end <= len(caption):
+                    raise ValueError(f"Span {tuple(phrase)} is outside the caption of length {len(caption)}")
+                spans.append([(start, end)])
+                names.append(caption[start:end])
+            else:
+                raise ValueError(f"A phrase must be a string or an integer (start, end) span, got {phrase!r}")
+        return [Prompt(caption, spans, list(range(len(spans))))], names
+
+    def _class_list_prompts(self, names: list) -> tuple[list[Prompt], list[str]]:
+        if not names or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"A class-name prompt needs a non-empty list of strings, got {names!r}")
+        empty = [n for n in names if not clean_class_name(n).strip()]
+        if empty:
+            raise ValueError(f"Class name(s) {empty} are empty once cleaned (parentheses and '_' removed)")
         prompts = []
         for chunk in self.chunk_class_names(names):
             caption, spans = build_detection_prompt([names[i] for i in chunk], self.separator)
@@ -257,6 +272,11 @@ class GlipProcessor(ProcessorMixin):
                 result[key] = result[key][keep]
             result["text_labels"] = [names[i] for i in result["labels"].tolist()]
         return results
+
+
+def _is_span(value) -> bool:
+    return (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value))
 
 
 def _is_flat_names(text) -> bool:
