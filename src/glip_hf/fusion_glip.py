@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import deform_conv2d
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+
+from .deform_conv_glip import ModulatedDeformConv2d
 
 # The original clamps activations to this range so that fp16 training cannot overflow.
 CLAMP_VALUE = 50000.0
@@ -161,27 +162,6 @@ class GlipTextLayer(nn.Module):
         intermediate = self.activation(intermediate).clamp(-CLAMP_VALUE, CLAMP_VALUE)
         output = self.dropout(self.output(intermediate)).clamp(-CLAMP_VALUE, CLAMP_VALUE)
         return self.output_layer_norm(output + attention_out).clamp(-CLAMP_VALUE, CLAMP_VALUE)
-
-
-class ModulatedDeformConv2d(nn.Module):
-    """3x3 convolution that becomes a modulated deformable convolution (DCNv2) when offsets are given."""
-
-    def __init__(self, in_channels, out_channels, stride=1):
-        super().__init__()
-        self.stride = stride
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 3, 3))
-        self.bias = nn.Parameter(torch.zeros(out_channels))
-
-    def forward(self, x, offset=None, mask=None):
-        if offset is None:
-            return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=1)
-        if x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type):
-            return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=1, mask=mask)
-        # torchvision has no reduced-precision CPU kernel nor a CPU autocast rule for it: run it in float32.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            out = deform_conv2d(x.float(), offset.float(), self.weight.float(), self.bias.float(),
-                                stride=self.stride, padding=1, mask=mask.float())
-        return out.to(x.dtype)
 
 
 class GlipDyReLU(nn.Module):

@@ -12,7 +12,8 @@ from transformers.utils import ModelOutput
 
 from .box_ops_glip import GlipBoxCoder
 from .configuration_glip import GlipConfig
-from .fusion_glip import GlipDyHeadLayer, GlipFusionBlock, ModulatedDeformConv2d, flatten_levels
+from .deform_conv_glip import ModulatedDeformConv2d
+from .fusion_glip import GlipDyHeadLayer, GlipFusionBlock, flatten_levels
 from .head_glip import GlipAnchorGenerator, GlipGroundingHead, Scale
 from .loss_glip import GlipLoss
 from .vision_glip import GlipVisionBackbone

@@ -1,0 +1,74 @@
+"""Modulated deformable 3x3 convolution (DCNv2) without a compiled extension of our own.
+
+Two equivalent implementations: torchvision's `deform_conv2d` kernel (used on CUDA, where it is fast), and a
+`grid_sample` + matrix-product form (used elsewhere: torchvision's CPU backward is single-threaded and dominated a
+CPU training step by 70%, while this form runs on PyTorch's threaded kernels and autograd). Both sample the input
+bilinearly at `p * stride - padding + tap + offset`, with zeros outside the image, and weight each tap by its mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import deform_conv2d
+
+KERNEL_SIZE = 3
+
+
+def _sampling_grid(offset: torch.Tensor, input_size, stride: int, padding: int) -> torch.Tensor:
+    """(B, K*Ho, Wo, 2) grid_sample coordinates (x, y in [-1, 1], align_corners=False) for every tap and output.
+
+    offset (B, 2K, Ho, Wo) holds (dy, dx) per tap, taps in row-major order, as torchvision and the original.
+    """
+    batch, _, out_h, out_w = offset.shape
+    height, width = input_size
+    taps = torch.arange(KERNEL_SIZE, device=offset.device, dtype=offset.dtype)
+    tap_y, tap_x = torch.meshgrid(taps, taps, indexing="ij")  # (3, 3) each, row-major taps
+    rows = torch.arange(out_h, device=offset.device, dtype=offset.dtype) * stride - padding
+    cols = torch.arange(out_w, device=offset.device, dtype=offset.dtype) * stride - padding
+    offset = offset.view(batch, KERNEL_SIZE * KERNEL_SIZE, 2, out_h, out_w)
+    y = rows.view(1, 1, -1, 1) + tap_y.reshape(1, -1, 1, 1) + offset[:, :, 0]
+    x = cols.view(1, 1, 1, -1) + tap_x.reshape(1, -1, 1, 1) + offset[:, :, 1]
+    # Pixel i sits at normalised (2i + 1) / size - 1 when align_corners=False.
+    grid = torch.stack(((2 * x + 1) / width - 1, (2 * y + 1) / height - 1), dim=-1)
+    return grid.reshape(batch, -1, out_w, 2)
+
+
+def deform_conv2d_sampled(x, offset, mask, weight, bias, stride: int = 1, padding: int = 1) -> torch.Tensor:
+    """Same result as `torchvision.ops.deform_conv2d(x, offset, weight, bias, stride, padding, mask=mask)` for 3x3
+    kernels, through `grid_sample` and one matrix product per image."""
+    batch, channels = x.shape[:2]
+    out_h, out_w = offset.shape[-2:]
+    grid = _sampling_grid(offset, x.shape[-2:], stride, padding)
+    sampled = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = sampled.view(batch, channels, KERNEL_SIZE * KERNEL_SIZE, out_h, out_w) * mask.unsqueeze(1)
+    columns = sampled.reshape(batch, channels * KERNEL_SIZE * KERNEL_SIZE, out_h * out_w)
+    out = weight.reshape(weight.shape[0], -1) @ columns
+    return (out + bias.view(1, -1, 1)).view(batch, -1, out_h, out_w)
+
+
+class ModulatedDeformConv2d(nn.Module):
+    """3x3 convolution that becomes a modulated deformable convolution (DCNv2) when offsets are given."""
+
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__()
+        self.stride = stride
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, KERNEL_SIZE, KERNEL_SIZE))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x, offset=None, mask=None):
+        if offset is None:
+            return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=1)
+        if x.device.type != "cuda":
+            return deform_conv2d_sampled(x, offset, mask, self.weight, self.bias, self.stride)
+        if x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type):
+            return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=1, mask=mask)
+        # torchvision's kernel has no autocast rule for reduced precision everywhere: run it in float32.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = deform_conv2d(x.float(), offset.float(), self.weight.float(), self.bias.float(),
+                                stride=self.stride, padding=1, mask=mask.float())
+        return out.to(x.dtype)
+
+
+__all__ = ["ModulatedDeformConv2d", "deform_conv2d_sampled"]
