@@ -39,4 +39,6 @@ def test_small_demo_learns_trees_and_reports(tmp_path):
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["after"] == summary["after"]
     cli = json.loads((tmp_path / summary["files"]["cli_json"]).read_text())
-    assert cli["prompt"] == "tree." and len(cli["detections"]) == summary["detections_in_photo"]
+    assert cli["prompt"] == "tree" and len(cli["detections"]) == summary["detections_in_photo"]
+    # The CLI builds the same prompt as the Python path, so it finds the same boxes.
+    assert summary["detections_in_photo"] == summary["reload"]["auto_classes_detections"]

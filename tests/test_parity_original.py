@@ -44,6 +44,7 @@ def reference():
         folder / "original_config.yaml",
         BertConfig.from_json_file(str(folder / "bert_config.json")),
     )
+    model.set_fusion_attention("eager")  # the original's arithmetic; the fast path is compared to it below
     return model, load_file(folder / "inputs.safetensors"), load_file(folder / "outputs.safetensors")
 
 
@@ -153,3 +154,33 @@ def test_the_backbone_alone_matches_to_float32_rounding(reference):
         features = model.model.vision_backbone.backbone(_pixel_values(inputs)).feature_maps
     for index, ours in enumerate(features):
         assert relative_error(ours, outputs[f"backbone.body.stage{index + 3}"]) < MODULE_RTOL
+
+
+@pytest.mark.parametrize("caption", CAPTIONS)
+def test_fast_attention_path_agrees_with_the_reference_path(reference, caption):
+    """SDPA (the default) against the original's clamped arithmetic, module by module on the original's inputs."""
+    model, inputs, outputs = reference
+    mask = inputs[f"{caption}.attention_mask"]
+    errors = {}
+    try:
+        with torch.no_grad():
+            for index, layer in enumerate(model.model.layers):
+                vision = [outputs[f"backbone.fpn.{level}"] if index == 0 else
+                          outputs[f"{caption}.dyhead_tower.{3 * index - 1}.DyConv.visual.{level}"] for level in LEVELS]
+                text = outputs[f"{caption}.language_backbone.hidden"] if index == 0 else \
+                    outputs[f"{caption}.dyhead_tower.{3 * index - 2}.BertEncoderLayer.lang.hidden"]
+                results = {}
+                for implementation in ("eager", "sdpa"):
+                    model.set_fusion_attention(implementation)
+                    fused, fused_text = layer.fusion(vision, text, mask)
+                    results[implementation] = (*fused, fused_text, layer.text_layer(fused_text, mask))
+                for position, (eager, sdpa) in enumerate(zip(results["eager"], results["sdpa"])):
+                    errors[f"layer {index} output {position}"] = relative_error(sdpa, eager)
+            model.set_fusion_attention("sdpa")
+            fast = model(_pixel_values(inputs), inputs[f"{caption}.input_ids"], mask).logits
+            model.set_fusion_attention("eager")
+            slow = model(_pixel_values(inputs), inputs[f"{caption}.input_ids"], mask).logits
+    finally:
+        model.set_fusion_attention("eager")
+    assert max(errors.values()) < MODULE_RTOL, max(errors.items(), key=lambda item: item[1])
+    assert relative_error(fast, slow) < CHAIN_RTOL

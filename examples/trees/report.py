@@ -86,7 +86,7 @@ def check_reload(model_dir: Path, photo: Path, threshold: float) -> dict:
 
 def run_cli(model_dir: Path, photo: Path, output: Path, threshold: float, device: str) -> list[dict]:
     command = [sys.executable, "-m", "glip_hf.cli", "detect", "--model", str(model_dir), "--image", str(photo),
-               "--prompt", f"{PROMPT}.", "--threshold", str(threshold), "--output-dir", str(output),
+               "--prompt", PROMPT, "--threshold", str(threshold), "--output-dir", str(output),
                "--device", device]
     subprocess.run(command, check=True)
     return json.loads((output / f"{photo.stem}.json").read_text())["detections"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -92,7 +91,8 @@ def main(argv=None) -> dict:
     summary = write_report(run_dir, data_dir, output, metrics, device=args.device)
     summary.update({
         "machine": machine_description(args.device), "device": args.device, "settings": settings,
-        "dataset": {key: dataset_stats[key] for key in dataset_stats if key in ("train", "heldout")},
+        "dataset": {split: {k: v for k, v in info.items() if k != "sources"}
+                    for split, info in dataset_stats["splits"].items()},
         "seconds_until_trained": round(training_seconds, 1), "seconds_total": round(time.time() - start, 1),
     })
     (output / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))

@@ -58,6 +58,7 @@ class GlipBiAttention(nn.Module):
         self.text_value_proj = nn.Linear(text_dim, embed_dim)
         self.vision_out_proj = nn.Linear(embed_dim, vision_dim)
         self.text_out_proj = nn.Linear(embed_dim, text_dim)
+        self.attention_implementation = "sdpa"  # or "eager": see GlipPreTrainedModel.set_fusion_attention
         for projection in self.children():
             projection.glip_init = "xavier"
 
@@ -77,25 +78,32 @@ class GlipBiAttention(nn.Module):
 
         Returns the updates (B, N, Cv) and (B, T, Ct).
         """
-        query = self._split_heads(self.vision_query_proj(vision_tokens) * self.scale)
+        query = self._split_heads(self.vision_query_proj(vision_tokens))
         key = self._split_heads(self.text_key_proj(text_tokens))
         vision_values = self._split_heads(self.vision_value_proj(vision_tokens))
         text_values = self._split_heads(self.text_value_proj(text_tokens))
-
-        logits = self._clamp(query @ key.transpose(-1, -2))  # (B, heads, N, T)
-        text_logits = logits.transpose(-1, -2)
-        text_logits = self._clamp(text_logits - text_logits.amax(dim=-1, keepdim=True))
-        text_probs = text_logits.softmax(dim=-1)
-
         # The original adds the integer mask itself: +1 on real tokens (no effect on the softmax), -9e15 on pads.
-        mask_bias = torch.where(text_mask.bool(), 1.0, TEXT_PAD_LOGIT).to(logits.dtype)
-        vision_probs = (logits + mask_bias[:, None, None, :]).softmax(dim=-1)
+        mask_bias = torch.where(text_mask.bool(), 1.0, TEXT_PAD_LOGIT).to(query.dtype)[:, None, None, :]
+        dropout = self.dropout if self.training else 0.0
+        if self.attention_implementation == "sdpa":
+            # Fused kernels keep the softmax in float32, so the fp16 overflow guards (the +-50000 clamps) are not
+            # needed; they could only change logits beyond 50000, where either softmax is one-hot.
+            vision_context = F.scaled_dot_product_attention(
+                query, key, text_values, attn_mask=mask_bias, dropout_p=dropout, scale=self.scale)
+            text_context = F.scaled_dot_product_attention(key, query, vision_values, dropout_p=dropout, scale=self.scale)
+        else:
+            vision_context, text_context = self._eager_contexts(query, key, vision_values, text_values, mask_bias, dropout)
+        return self.vision_out_proj(self._merge_heads(vision_context)), self.text_out_proj(self._merge_heads(text_context))
 
-        vision_probs = F.dropout(vision_probs, p=self.dropout, training=self.training)
-        text_probs = F.dropout(text_probs, p=self.dropout, training=self.training)
-        vision_update = self.vision_out_proj(self._merge_heads(vision_probs @ text_values))
-        text_update = self.text_out_proj(self._merge_heads(text_probs @ vision_values))
-        return vision_update, text_update
+    def _eager_contexts(self, query, key, vision_values, text_values, mask_bias, dropout):
+        """The original's arithmetic, clamps included (the reference path)."""
+        logits = self._clamp((query * self.scale) @ key.transpose(-1, -2))  # (B, heads, N, T)
+        text_logits = logits.transpose(-1, -2)
+        text_probs = self._clamp(text_logits - text_logits.amax(dim=-1, keepdim=True)).softmax(dim=-1)
+        vision_probs = (logits + mask_bias).softmax(dim=-1)
+        vision_probs = F.dropout(vision_probs, p=dropout, training=dropout > 0)
+        text_probs = F.dropout(text_probs, p=dropout, training=dropout > 0)
+        return vision_probs @ text_values, text_probs @ vision_values
 
 
 class GlipFusionBlock(nn.Module):
@@ -142,6 +150,7 @@ class GlipTextLayer(nn.Module):
         self.attention_dropout = nn.Dropout(attention_dropout)
         for linear in (self.query, self.key, self.value, self.attention_output, self.intermediate, self.output):
             linear.glip_init = "text"
+        self.attention_implementation = "sdpa"
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
@@ -149,12 +158,16 @@ class GlipTextLayer(nn.Module):
     def forward(self, hidden_states: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
         """hidden_states (B, T, D), text_mask (B, T) 1 = real token. Returns (B, T, D)."""
         query, key, value = (self._heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
-        scores = (query @ key.transpose(-1, -2)) / (self.head_dim**0.5)
-        if self.clamp_min is not None or self.clamp_max is not None:
-            scores = scores.clamp(min=self.clamp_min, max=self.clamp_max)
-        pad_bias = (1.0 - text_mask[:, None, None, :].to(scores.dtype)) * torch.finfo(scores.dtype).min
-        probs = self.attention_dropout((scores + pad_bias).softmax(dim=-1))
-        context = (probs @ value).transpose(1, 2).flatten(2)
+        pad_bias = (1.0 - text_mask[:, None, None, :].to(query.dtype)) * torch.finfo(query.dtype).min
+        if self.attention_implementation == "sdpa":
+            dropout = self.attention_dropout.p if self.training else 0.0
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=pad_bias, dropout_p=dropout)
+        else:
+            scores = (query @ key.transpose(-1, -2)) / (self.head_dim**0.5)
+            if self.clamp_min is not None or self.clamp_max is not None:
+                scores = scores.clamp(min=self.clamp_min, max=self.clamp_max)
+            context = self.attention_dropout((scores + pad_bias).softmax(dim=-1)) @ value
+        context = context.transpose(1, 2).flatten(2)
         attention_out = self.attention_layer_norm(self.dropout(self.attention_output(context)) + hidden_states)
 
         # These clamps are unconditional in the original.

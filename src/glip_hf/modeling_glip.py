@@ -101,6 +101,15 @@ class GlipPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["GlipDyHeadLayer"]
 
+    def set_fusion_attention(self, implementation: str) -> None:
+        """"sdpa" (default, fused kernels) or "eager" (the original's arithmetic with its +-50000 clamps, bit-level
+        reference) for the cross-attention and the DyHead's BERT layers."""
+        if implementation not in ("sdpa", "eager"):
+            raise ValueError(f"implementation must be 'sdpa' or 'eager', got {implementation!r}")
+        for module in self.modules():
+            if hasattr(module, "attention_implementation"):
+                module.attention_implementation = implementation
+
     @torch.no_grad()
     def _init_weights(self, module):
         # transformers visits children first and, for code outside its package, skips modules without parameters of

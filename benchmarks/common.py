@@ -1,0 +1,81 @@
+"""Shared pieces of the benchmarks: models with the published architectures and random weights, inputs, timing."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+COCO_NAMES = [
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow", "elephant",
+    "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange", "broccoli",
+    "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet",
+    "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+]
+
+
+def device_description(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def test_image(height: int, width: int, seed: int = 0) -> Image.Image:
+    """A smooth random photo-like image (noise is atypical for detectors' post-processing load)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (height // 16 + 1, width // 16 + 1, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((width, height), Image.BILINEAR)
+
+
+def glip_tiny(device: str):
+    """GLIP-T (C) architecture with random weights, and its processor with the bundled bert-base vocabulary."""
+    from glip_hf import GlipConfig, GlipForGrounding, GlipImageProcessor, GlipProcessor
+    from glip_hf.processing_glip import load_tokenizer
+
+    torch.manual_seed(0)
+    model = GlipForGrounding(GlipConfig.from_preset("glip-t-c")).to(device).eval()
+    return model, GlipProcessor(GlipImageProcessor(), load_tokenizer())
+
+
+def grounding_dino_tiny(device: str):
+    """transformers' Grounding DINO with the Grounding DINO-T architecture (Swin-T, BERT-base), random weights."""
+    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor
+    from transformers import GroundingDinoProcessor
+
+    from glip_hf.processing_glip import load_tokenizer
+
+    torch.manual_seed(0)
+    model = GroundingDinoForObjectDetection(GroundingDinoConfig()).to(device).eval()
+    return model, GroundingDinoProcessor(GroundingDinoImageProcessor(), load_tokenizer())
+
+
+def timed(function, repeats: int, warmup: int, device: str) -> dict:
+    """Median / min seconds of `function()` over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        function()
+    seconds = []
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        function()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "runs": repeats}
+
+
+def write_results(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=float))
+    print(f"results written to {path}")
