@@ -60,15 +60,19 @@ class ModulatedDeformConv2d(nn.Module):
     def forward(self, x, offset=None, mask=None):
         if offset is None:
             return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=1)
-        if x.device.type != "cuda":
-            return deform_conv2d_sampled(x, offset, mask, self.weight, self.bias, self.stride)
+        operation = _torchvision_deform_conv if x.device.type == "cuda" else deform_conv2d_sampled
         if x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type):
-            return deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride, padding=1, mask=mask)
-        # torchvision's kernel has no autocast rule for reduced precision everywhere: run it in float32.
+            return operation(x, offset, mask, self.weight, self.bias, self.stride)
+        # Sampling positions are sensitive to rounding (and torchvision's kernel has no autocast rule for reduced
+        # precision): the deformable conv runs in float32 under autocast / bf16, like torchvision's CUDA rule does.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = deform_conv2d(x.float(), offset.float(), self.weight.float(), self.bias.float(),
-                                stride=self.stride, padding=1, mask=mask.float())
+            out = operation(x.float(), offset.float(), mask.float(), self.weight.float(), self.bias.float(),
+                            self.stride)
         return out.to(x.dtype)
+
+
+def _torchvision_deform_conv(x, offset, mask, weight, bias, stride):
+    return deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
 
 
 __all__ = ["ModulatedDeformConv2d", "deform_conv2d_sampled"]
