@@ -15,12 +15,8 @@ from bench_inference import parse_size, peak_memory_gib
 from common import COCO_NAMES, device_description, glip_tiny, grounding_dino_tiny, test_image, timed, write_results
 
 
-def glip_step(model, processor, images, device, bf16):
-    inputs = processor(images=images, text=[COCO_NAMES[:10]] * len(images))
-    height, width = inputs["pixel_values"].shape[-2:]
-    labels = [{"boxes": torch.tensor([[0.1 * width, 0.1 * height, 0.5 * width, 0.6 * height]], device=device),
-               "token_map": inputs["token_maps"][i][:1].to(device)} for i in range(len(images))]
-    batch = {k: inputs[k].to(device) for k in ("pixel_values", "input_ids", "attention_mask")}
+def training_step(model, batch, labels, device, bf16):
+    """One forward + backward + AdamW step on a fixed batch, as a closure for `timed`."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
 
     def step():
@@ -30,6 +26,15 @@ def glip_step(model, processor, images, device, bf16):
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return step
+
+
+def glip_step(model, processor, images, device, bf16):
+    inputs = processor(images=images, text=[COCO_NAMES[:10]] * len(images))
+    height, width = inputs["pixel_values"].shape[-2:]
+    labels = [{"boxes": torch.tensor([[0.1 * width, 0.1 * height, 0.5 * width, 0.6 * height]], device=device),
+               "token_map": inputs["token_maps"][i][:1].to(device)} for i in range(len(images))]
+    batch = {k: inputs[k].to(device) for k in ("pixel_values", "input_ids", "attention_mask")}
+    return training_step(model, batch, labels, device, bf16)
 
 
 def grounding_dino_step(model, processor, images, device, bf16):
@@ -37,15 +42,7 @@ def grounding_dino_step(model, processor, images, device, bf16):
     batch = processor(images=images, text=[text] * len(images), return_tensors="pt").to(device)
     labels = [{"class_labels": torch.tensor([0], device=device),
                "boxes": torch.tensor([[0.3, 0.35, 0.4, 0.5]], device=device)} for _ in images]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-
-    def step():
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**batch, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return step
+    return training_step(model, batch, labels, device, bf16)
 
 
 def main(argv=None) -> dict:
