@@ -54,6 +54,14 @@ def tiny_config(**overrides) -> GlipConfig:
     return GlipConfig(**kwargs)
 
 
+def bert_vocab_text_config() -> BertConfig:
+    """A 1-layer 32-d BERT with the full bert-base-uncased vocabulary, for tests that tokenise real text."""
+    return BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, max_position_embeddings=64,
+    )
+
+
 @pytest.fixture
 def tiny_glip_config() -> GlipConfig:
     return tiny_config()

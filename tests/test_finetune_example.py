@@ -11,10 +11,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, tiny_config
+from conftest import REPO_ROOT, bert_vocab_text_config, tiny_config
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
-from transformers import BertConfig
 
 from glip_hf import GlipForGrounding, GlipImageProcessor, GlipProcessor
 from glip_hf.processing_glip import load_tokenizer
@@ -52,9 +51,7 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("finetune")
     data = write_shapes_coco(root / "data", 6, seed=0)
     torch.manual_seed(0)
-    text_config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                             intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                             max_position_embeddings=64)
+    text_config = bert_vocab_text_config()
     model = GlipForGrounding(tiny_config(text_config=text_config, anchor_sizes=[32, 64, 128, 256, 512]))
     model.save_pretrained(root / "model")
     GlipProcessor(GlipImageProcessor(size={"shortest_edge": SIZE, "longest_edge": SIZE}), load_tokenizer(),

@@ -705,19 +705,8 @@ def no_network(monkeypatch):
 
 def test_timm_backbone_builds_offline_and_runs(no_network):
     pytest.importorskip("timm")
-    config = GlipConfig(
-        backbone="resnet18",
-        backbone_kwargs={"out_indices": [2, 3, 4]},
-        text_config=tiny_config().text_config,
-        fpn_channels=32,
-        head_channels=32,
-        num_dyhead_layers=1,
-        fusion_embed_dim=64,
-        fusion_num_heads=4,
-        fusion_attention_dropout=0.0,
-        group_norm_num_groups=8,
-        max_text_len=32,
-    )
+    config = tiny_config(backbone_config=None, backbone="resnet18", backbone_kwargs={"out_indices": [2, 3, 4]},
+                         num_dyhead_layers=1)
     assert config.backbone_config.model_type == "timm_backbone"
     assert config.backbone_config.backbone == "resnet18"
     assert not getattr(config, "use_pretrained_backbone", False)

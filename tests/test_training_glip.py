@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import require_reference, tiny_config
+from conftest import bert_vocab_text_config, require_reference, tiny_config
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 from transformers import BertConfig
@@ -189,9 +189,7 @@ def test_a_tiny_model_learns_to_ground_generated_shapes():
     labels = [{"boxes": torch.tensor(boxes, dtype=torch.float32), "token_map": inputs["token_maps"][i]}
               for i, (_, boxes) in enumerate(samples)]
     torch.manual_seed(0)
-    text_config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                             intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-                             max_position_embeddings=64)
+    text_config = bert_vocab_text_config()
     # Objects of 25-50 px on 128 px images: anchors half GLIP's default sizes.
     model = GlipForGrounding(tiny_config(text_config=text_config, anchor_sizes=[32, 64, 128, 256, 512])).train()
     steps = 200

@@ -146,7 +146,7 @@ class GlipConfig(PreTrainedConfig):
         if self.fusion_layer_scale_init is None:
             self.fusion_layer_scale_init = 1.0 / max(self.num_dyhead_layers, 1)
         super().__post_init__(**kwargs)
-        if isinstance(self.text_config, BertConfig) is False and self.text_config.model_type != "bert":
+        if self.text_config.model_type != "bert":
             raise ValueError(f"text_config must be a BERT config, got model_type={self.text_config.model_type!r}")
         self.check_architecture()
 
