@@ -258,3 +258,22 @@ def test_save_and_load_round_trip(tmp_path):
     image = random_rgb(50, 70)
     assert_same_output(loaded(image), processor(image))
     assert loaded(image)["pixel_values"].shape == (1, 3, 320, 448)
+
+
+def test_device_path_matches_the_pil_path():
+    """`device=` preprocesses with torch where the images lie: identical without a resize, one grey level with."""
+    processor = GlipImageProcessor()
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    for height, width in [(800, 1333), (480, 640)]:
+        image = base.resize((width, height), Image.BILINEAR)
+        tensor = torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
+        exact = processor([image, image])
+        fast = processor([tensor, image], device="cpu")
+        for key in ("pixel_mask", "image_sizes", "original_sizes"):
+            assert torch.equal(fast[key].cpu(), exact[key]), key
+        levels = (fast["pixel_values"] - exact["pixel_values"]) * torch.tensor(processor.image_std).view(1, 3, 1, 1)
+        tolerance = 1e-5 if (height, width) == (800, 1333) else 1.01 / 255
+        assert levels.abs().max() <= tolerance, (height, width, float(levels.abs().max()))
+    with pytest.raises(ValueError, match="empty image"):
+        processor(torch.zeros(3, 0, 5, dtype=torch.uint8), device="cpu")

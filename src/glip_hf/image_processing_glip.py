@@ -7,6 +7,11 @@ tensor as the original's up to float rounding and the channel order (the origina
 
 Every input is first turned into an upright 8-bit RGB PIL image (see `to_rgb_pil_image`), because the original
 resized uint8 PIL images: resizing anything else (floats, 16 bit) would not give the original's pixels.
+
+With `device=` (e.g. "cuda") the same steps run as torch operations on that device instead, for images already in
+memory: uint8 (3, H, W) tensors stay where they are, other inputs are converted as above first. Padding and
+normalisation are identical; a resize, when one is needed, uses torch's antialiased bilinear filter, which can
+differ from PIL's by one grey level.
 """
 
 import math
@@ -14,6 +19,7 @@ import os
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling
@@ -190,12 +196,15 @@ class GlipImageProcessor(BaseImageProcessor):
         if do_resize and (size.shortest_edge is None or set(dict(size)) - {"shortest_edge", "longest_edge"}):
             raise ValueError(f"size must be {{'shortest_edge': int, 'longest_edge': int (optional)}}, got {dict(size)}")
 
-    def _prepare_image_like_inputs(self, images, *args, **kwargs) -> list[Image.Image]:
-        # The base class would load paths as tensors and reject path-likes; everything goes through PIL here.
+    def _prepare_image_like_inputs(self, images, *args, device=None, **kwargs) -> list:
+        # The base class would load paths as tensors and reject path-likes; everything goes through PIL here,
+        # except uint8 (3, H, W) tensors on the device path, which are used as they are.
         images = list(images) if isinstance(images, (list, tuple)) else [images]
         if not images:
             raise ValueError("no images were given")
-        return [to_rgb_pil_image(image) for image in images]
+        if device is None:
+            return [to_rgb_pil_image(image) for image in images]
+        return [_to_uint8_chw_tensor(image, device) for image in images]
 
     def resize(self, image: Image.Image, size, resample=PILImageResampling.BILINEAR) -> Image.Image:
         """Resize a PIL image with the original's rule; PIL antialiases bilinear downscaling, as the original did."""
@@ -218,8 +227,13 @@ class GlipImageProcessor(BaseImageProcessor):
 
     def _preprocess(
         self, images: list[Image.Image], do_resize, size, resample, do_rescale, rescale_factor, do_normalize,
-        image_mean, image_std, do_pad, size_divisibility, return_tensors=None, **kwargs,
+        image_mean, image_std, do_pad, size_divisibility, return_tensors=None, device=None, **kwargs,
     ) -> BatchFeature:
+        if device is not None:
+            return self._preprocess_tensors(
+                images, do_resize, size, do_rescale, rescale_factor, do_normalize, image_mean, image_std, do_pad,
+                size_divisibility,
+            )
         original_sizes = [(image.height, image.width) for image in images]
         arrays = []
         for image in images:
@@ -248,3 +262,55 @@ class GlipImageProcessor(BaseImageProcessor):
             "original_sizes": np.asarray(original_sizes, dtype=np.int64),
         }
         return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _preprocess_tensors(self, images: list[torch.Tensor], do_resize, size, do_rescale, rescale_factor,
+                            do_normalize, image_mean, image_std, do_pad, size_divisibility) -> BatchFeature:
+        """The device path: the same steps on uint8 (3, H, W) tensors, as torch operations where they lie."""
+        original_sizes = [tuple(image.shape[1:]) for image in images]
+        processed = []
+        for image in images:
+            height, width = image.shape[1:]
+            pixels = image.float()
+            if do_resize:
+                new_size = get_resize_output_size(height, width, size.shortest_edge, size.longest_edge)
+                if new_size != (height, width):
+                    # Rounded back to uint8 levels, as PIL's resize of a uint8 image returns them.
+                    pixels = F.interpolate(pixels[None], size=new_size, mode="bilinear", align_corners=False,
+                                           antialias=True)[0].round_().clamp_(0, 255)
+            if do_rescale:
+                pixels = pixels * rescale_factor
+            if do_normalize:
+                mean = torch.tensor(image_mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+                std = torch.tensor(image_std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+                pixels = (pixels - mean) / std
+            processed.append(pixels)
+        image_sizes = [tuple(pixels.shape[1:]) for pixels in processed]
+        if not do_pad and len(set(image_sizes)) > 1:
+            raise ValueError(f"images of different sizes {image_sizes} cannot be batched with do_pad=False")
+        height, width = max(s[0] for s in image_sizes), max(s[1] for s in image_sizes)
+        if do_pad and size_divisibility and size_divisibility > 1:
+            height = math.ceil(height / size_divisibility) * size_divisibility
+            width = math.ceil(width / size_divisibility) * size_divisibility
+        device = processed[0].device
+        pixel_values = torch.zeros(len(processed), 3, height, width, device=device)
+        pixel_mask = torch.zeros(len(processed), height, width, dtype=torch.long, device=device)
+        for index, pixels in enumerate(processed):
+            pixel_values[index, :, : pixels.shape[1], : pixels.shape[2]] = pixels
+            pixel_mask[index, : pixels.shape[1], : pixels.shape[2]] = 1
+        data = {
+            "pixel_values": pixel_values,
+            "pixel_mask": pixel_mask,
+            "image_sizes": torch.tensor(image_sizes, dtype=torch.long),
+            "original_sizes": torch.tensor(original_sizes, dtype=torch.long),
+        }
+        return BatchFeature(data=data)
+
+
+def _to_uint8_chw_tensor(image, device) -> torch.Tensor:
+    """A uint8 (3, H, W) tensor on `device`: such tensors are moved as they are, anything else goes through PIL."""
+    if isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == 3:
+        if image.shape[1] == 0 or image.shape[2] == 0:
+            raise ValueError(f"empty image of shape {tuple(image.shape)}")
+        return image.to(device)
+    rgb = np.asarray(to_rgb_pil_image(image)).transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(rgb)).to(device)

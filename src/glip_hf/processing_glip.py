@@ -131,15 +131,16 @@ class GlipProcessor(ProcessorMixin):
 
     # ----- prompts -------------------------------------------------------------------------------------------------
 
-    def _token_count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    def _token_counts(self, texts: list[str]) -> list[int]:
+        # One batched tokenizer call: per-name calls cost more than the model's text tower on a GPU.
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def chunk_class_names(self, class_names: list[str]) -> list[list[int]]:
         """Split class indices into as few consecutive chunks as possible whose prompt fits `max_text_len`."""
-        separator_tokens = self._token_count(self.separator)
+        separator_tokens, *name_token_counts = self._token_counts(
+            [self.separator] + [clean_class_name(name) for name in class_names])
         chunks, current, used = [], [], 2  # [CLS] and [SEP]
-        for index, name in enumerate(class_names):
-            name_tokens = self._token_count(clean_class_name(name))
+        for index, (name, name_tokens) in enumerate(zip(class_names, name_token_counts)):
             if 2 + name_tokens > self.max_text_len:
                 raise ValueError(f"Class name {name!r} alone is longer than max_text_len={self.max_text_len} tokens")
             extra = name_tokens + (separator_tokens if current else 0)
