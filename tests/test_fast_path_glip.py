@@ -3,6 +3,8 @@ precision close to float32, and no host-device synchronisation in forward (on a 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from conftest import tiny_config, tiny_inputs
@@ -85,3 +87,76 @@ def test_forward_does_not_synchronise_with_the_host():
             model(**inputs)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+
+
+def test_prompts_in_groups_equal_one_pass():
+    """max_prompts_per_pass runs the rows in groups after one vision pass, with the same outputs."""
+    inputs = tiny_inputs(2, 256, 256, 8)
+    rows = {k: v.repeat(3, 1) for k, v in inputs.items() if k != "pixel_values"}
+    image_index = torch.tensor([0, 1, 1, 0, 1, 0])
+    one_pass, grouped = _model(), _model(max_prompts_per_pass=4)
+    with torch.no_grad():
+        expected = one_pass(inputs["pixel_values"], **rows, image_index=image_index, output_hidden_states=True)
+        calls = []
+        hook = grouped.model.vision_backbone.register_forward_hook(lambda *args: calls.append(1))
+        actual = grouped(inputs["pixel_values"], **rows, image_index=image_index, output_hidden_states=True)
+        hook.remove()
+    assert len(calls) == 1
+    for name in ("logits", "pred_boxes", "centerness"):
+        torch.testing.assert_close(actual[name], expected[name], atol=1e-5, rtol=1e-5)
+    for actual_states, expected_states in zip(actual.vision_hidden_states, expected.vision_hidden_states):
+        torch.testing.assert_close(actual_states, expected_states, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="max_prompts_per_pass"):
+        tiny_config(max_prompts_per_pass=0)
+
+
+TRITON_CHECK = """
+import torch
+from torchvision.ops import deform_conv2d
+from glip_hf.deform_im2col_triton import deform_im2col
+torch.manual_seed(0)
+# (batch, channels, height, width, stride, out height, out width): odd sizes, channels not a multiple of the block,
+# stride 2 (the finer level's conv), offsets large enough to leave the map.
+for b, c, h, w, stride, oh, ow in [(2, 40, 9, 11, 1, 9, 11), (1, 33, 12, 10, 2, 6, 5), (2, 16, 5, 7, 1, 5, 7)]:
+    x, offset = torch.randn(b, c, h, w), torch.randn(b, 18, oh, ow) * 3
+    mask, weight, bias = torch.rand(b, 9, oh, ow), torch.randn(20, c, 3, 3), torch.randn(20)
+    columns = deform_im2col(x, offset, mask, stride, 1, torch.float32)
+    out = (weight.reshape(20, -1) @ columns + bias.view(1, -1, 1)).view(b, 20, oh, ow)
+    expected = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+print("ok")
+"""
+
+
+def test_triton_deformable_sampling_kernel_matches_torchvision_in_the_interpreter():
+    """The GPU kernel's logic, run by Triton's CPU interpreter (the CUDA run itself is the next test)."""
+    pytest.importorskip("triton")
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    result = subprocess.run([sys.executable, "-c", TRITON_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernel runs on CUDA")
+def test_bf16_deformable_conv_on_cuda_matches_float32():
+    from glip_hf.deform_conv_glip import ModulatedDeformConv2d
+
+    torch.manual_seed(0)
+    conv = ModulatedDeformConv2d(64, 64, stride=2).cuda()
+    torch.nn.init.normal_(conv.weight, std=0.05)
+    x = torch.randn(2, 64, 40, 56, device="cuda")
+    offset, mask = torch.randn(2, 18, 20, 28, device="cuda") * 2, torch.rand(2, 9, 20, 28, device="cuda")
+    with torch.no_grad():
+        reference = conv(x, offset, mask)  # torchvision's kernel in float32
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            fast = conv(x, offset, mask)  # the Triton sampling + bf16 product
+    assert fast.dtype == torch.float32 and fast.shape == reference.shape
+    assert ((fast - reference).norm() / reference.norm()) < 1e-2
+    x.requires_grad_(True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        trained = conv(x, offset, mask)  # the grid_sample form, which has a backward
+    trained.float().sum().backward()
+    assert ((trained.detach().float() - reference).norm() / reference.norm()) < 1e-2
+    assert torch.isfinite(x.grad).all()

@@ -71,6 +71,9 @@ class GlipConfig(PreTrainedConfig):
         atss_topk, focal_alpha, focal_gamma, box_loss_weight: training settings (ATSS and losses).
         prompt_tuning (`bool`): add learnable prompt embeddings (max_text_len x text dim, zero at start) to the text
             tower's output, as the original's `ADD_LINEAR_LAYER` ("prompt tuning" of the GLIP paper).
+        max_prompts_per_pass (`int`, *optional*): run at most this many prompt rows (captions, or chunks of a long
+            class list) through the text tower and the DyHead at once; the vision tower still runs once. Bounds
+            memory with long vocabularies, and on CPUs small groups are faster than one large batch. None: all rows.
         legacy_upsampled_offset_reinterpretation (`bool`): reproduce the original CUDA kernel's bug in the DyConv
             branch that reads the finer level's offsets for a coarser map (see `fusion_glip.DyConv`). Converted
             checkpoints switch it on because their weights were trained with it.
@@ -128,6 +131,7 @@ class GlipConfig(PreTrainedConfig):
     box_loss_weight: float = 2.0
     legacy_upsampled_offset_reinterpretation: bool = False
     prompt_tuning: bool = False
+    max_prompts_per_pass: int | None = None
     init_std: float = 0.01
 
     def __post_init__(self, **kwargs):
@@ -205,6 +209,8 @@ class GlipConfig(PreTrainedConfig):
             )
         if len(self.box_coder_weights) != 4:
             raise ValueError(f"box_coder_weights needs 4 values (wx, wy, ww, wh), got {self.box_coder_weights}")
+        if self.max_prompts_per_pass is not None and self.max_prompts_per_pass < 1:
+            raise ValueError(f"max_prompts_per_pass must be None or at least 1, got {self.max_prompts_per_pass}")
         if self.num_dyhead_layers < 1:
             raise ValueError(f"num_dyhead_layers must be at least 1, got {self.num_dyhead_layers}")
 

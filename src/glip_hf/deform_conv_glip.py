@@ -1,9 +1,14 @@
 """Modulated deformable 3x3 convolution (DCNv2) without a compiled extension of our own.
 
-Two equivalent implementations: torchvision's `deform_conv2d` kernel (used on CUDA, where it is fast), and a
+Two equivalent implementations: torchvision's `deform_conv2d` kernel (used on CUDA in float32), and a
 `grid_sample` + matrix-product form (used elsewhere: torchvision's CPU backward is single-threaded and dominated a
 CPU training step by 70%, while this form runs on PyTorch's threaded kernels and autograd). Both sample the input
 bilinearly at `p * stride - padding + tap + offset`, with zeros outside the image, and weight each tap by its mask.
+
+Under autocast the sampling always runs in float32: positions such as 150.3 px are not representable in bf16.
+On CUDA the matrix product then runs in the autocast dtype, as autocast does for an ordinary convolution (it is
+most of the deformable conv's arithmetic, and torchvision's kernel would keep it in float32); at inference the
+sampling there is one Triton kernel that writes the columns in that dtype (`deform_im2col_triton`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import deform_conv2d
+
+# Imported by name (not `from . import`): transformers' remote code copies the modules found in such lines.
+from .deform_im2col_triton import deform_im2col, triton_available
 
 KERNEL_SIZE = 3
 
@@ -35,16 +43,20 @@ def _sampling_grid(offset: torch.Tensor, input_size, stride: int, padding: int) 
     return grid.reshape(batch, -1, out_w, 2)
 
 
-def deform_conv2d_sampled(x, offset, mask, weight, bias, stride: int = 1, padding: int = 1) -> torch.Tensor:
+def deform_conv2d_sampled(x, offset, mask, weight, bias, stride: int = 1, padding: int = 1,
+                          matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Same result as `torchvision.ops.deform_conv2d(x, offset, weight, bias, stride, padding, mask=mask)` for 3x3
-    kernels, through `grid_sample` and one matrix product per image."""
+    kernels, through `grid_sample` and one matrix product per image (in `matmul_dtype` when given, else x's)."""
     batch, channels = x.shape[:2]
     out_h, out_w = offset.shape[-2:]
     grid = _sampling_grid(offset, x.shape[-2:], stride, padding)
     sampled = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
     sampled = sampled.view(batch, channels, KERNEL_SIZE * KERNEL_SIZE, out_h, out_w) * mask.unsqueeze(1)
     columns = sampled.reshape(batch, channels * KERNEL_SIZE * KERNEL_SIZE, out_h * out_w)
-    out = weight.reshape(weight.shape[0], -1) @ columns
+    weight = weight.reshape(weight.shape[0], -1)
+    if matmul_dtype is not None:
+        columns, weight = columns.to(matmul_dtype), weight.to(matmul_dtype)
+    out = (weight @ columns).to(x.dtype)
     return (out + bias.view(1, -1, 1)).view(batch, -1, out_h, out_w)
 
 
@@ -60,15 +72,28 @@ class ModulatedDeformConv2d(nn.Module):
     def forward(self, x, offset=None, mask=None):
         if offset is None:
             return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=1)
-        operation = _torchvision_deform_conv if x.device.type == "cuda" else deform_conv2d_sampled
-        if x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(x.device.type):
+        device_type = x.device.type
+        operation = _torchvision_deform_conv if device_type == "cuda" else deform_conv2d_sampled
+        if x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(device_type):
             return operation(x, offset, mask, self.weight, self.bias, self.stride)
         # Sampling positions are sensitive to rounding (and torchvision's kernel has no autocast rule for reduced
-        # precision): the deformable conv runs in float32 under autocast / bf16, like torchvision's CUDA rule does.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            out = operation(x.float(), offset.float(), mask.float(), self.weight.float(), self.bias.float(),
-                            self.stride)
+        # precision): sampling runs in float32 under autocast / bf16; see the module docstring for the product.
+        reduced = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
+        with torch.autocast(device_type=device_type, enabled=False):
+            if device_type != "cuda":
+                out = operation(x.float(), offset.float(), mask.float(), self.weight.float(), self.bias.float(),
+                                self.stride)
+            elif self._needs_grad(x, offset, mask) or not triton_available(x):
+                out = deform_conv2d_sampled(x.float(), offset.float(), mask.float(), self.weight.float(),
+                                            self.bias.float(), self.stride, matmul_dtype=reduced)
+            else:
+                columns = deform_im2col(x, offset, mask, self.stride, 1, reduced)
+                out = self.weight.reshape(self.weight.shape[0], -1).to(reduced) @ columns
+                out = out.add_(self.bias.to(reduced).view(1, -1, 1)).view(x.shape[0], -1, *offset.shape[-2:])
         return out.to(x.dtype)
+
+    def _needs_grad(self, *inputs) -> bool:
+        return torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, self.weight, self.bias))
 
 
 def _torchvision_deform_conv(x, offset, mask, weight, bias, stride):

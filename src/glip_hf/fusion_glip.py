@@ -219,9 +219,9 @@ def reinterpret_offsets(offset_and_mask: torch.Tensor, size: tuple[int, int]) ->
 def resample_offsets(offset: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Offsets (B, 18, H, W) in pixels of an H x W map, resampled to (h, w) and rescaled to that map's pixels."""
     scale_y, scale_x = size[0] / offset.shape[-2], size[1] / offset.shape[-1]
-    resized = F.interpolate(offset, size=size, mode="bilinear", align_corners=False)
-    scales = torch.tensor([scale_y, scale_x], dtype=offset.dtype, device=offset.device).repeat(9)
-    return resized * scales[None, :, None, None]
+    resized = F.interpolate(offset, size=size, mode="bilinear", align_corners=False).unflatten(1, (-1, 2))
+    # Python scales, not a host tensor: copying one to the GPU would synchronise.
+    return torch.stack((resized[:, :, 0] * scale_y, resized[:, :, 1] * scale_x), dim=2).flatten(1, 2)
 
 
 class GlipDyConv(nn.Module):

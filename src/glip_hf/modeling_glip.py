@@ -196,8 +196,13 @@ class GlipModel(GlipPreTrainedModel):
 
     def encode_text(self, input_ids, attention_mask, token_type_ids=None, output_hidden_states=False):
         """Returns the text tower's last hidden state (B, T, D) and, if asked, all its hidden states."""
+        text_mask = attention_mask
+        if self.text_backbone.config._attn_implementation == "sdpa":
+            # A prepared (B, 1, 1, T) boolean mask: from a 2-D one, transformers first asks whether any token is
+            # padded (`mask.all()`), which synchronises the GPU with the host.
+            text_mask = attention_mask.bool()[:, None, None, :]
         text_outputs = self.text_backbone(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+            input_ids=input_ids, attention_mask=text_mask, token_type_ids=token_type_ids,
             output_hidden_states=output_hidden_states,
         )
         return text_outputs.last_hidden_state, text_outputs.hidden_states
@@ -230,10 +235,29 @@ class GlipModel(GlipPreTrainedModel):
         self._check_inputs(pixel_values, input_ids, attention_mask, image_index)
 
         backbone_features, vision_features = self.vision_backbone(pixel_values)
-        if image_index is not None:
-            image_index = image_index.to(pixel_values.device)
-            backbone_features = [feature[image_index] for feature in backbone_features]
-            vision_features = [feature[image_index] for feature in vision_features]
+        rows = input_ids.shape[0]
+        group = self.config.max_prompts_per_pass or rows
+        if image_index is None and group >= rows:
+            return self._fuse(backbone_features, vision_features, input_ids, attention_mask, token_type_ids,
+                              output_hidden_states)
+        if image_index is None:
+            image_index = torch.arange(rows)
+        image_index = image_index.to(pixel_values.device)
+        # Rows (prompts) go through the text tower and the DyHead in groups, each gathering its images' features:
+        # the vision tower ran once, and peak memory follows the group size rather than the number of prompts.
+        outputs = []
+        for start in range(0, rows, group):
+            index = image_index[start : start + group]
+            outputs.append(self._fuse(
+                [feature[index] for feature in backbone_features], [feature[index] for feature in vision_features],
+                input_ids[start : start + group], attention_mask[start : start + group],
+                None if token_type_ids is None else token_type_ids[start : start + group], output_hidden_states,
+            ))
+        return outputs[0] if len(outputs) == 1 else _concatenate_rows(outputs)
+
+    def _fuse(self, backbone_features, vision_features, input_ids, attention_mask, token_type_ids,
+              output_hidden_states) -> GlipModelOutput:
+        """Text tower and DyHead for rows whose vision features are already gathered (one image per row)."""
         text_features, text_encoder_states = self.encode_text(
             input_ids, attention_mask, token_type_ids, output_hidden_states
         )
@@ -272,6 +296,19 @@ class GlipModel(GlipPreTrainedModel):
             fusion_vision_hidden_states=tuple(fusion_vision_states) if fusion_vision_states else None,
             fusion_text_hidden_states=tuple(fusion_text_states) if fusion_text_states else None,
         )
+
+
+def _concatenate_rows(outputs: list[GlipModelOutput]) -> GlipModelOutput:
+    """One output from per-group outputs: batch-first tensors (and tuples of them) concatenated over the groups."""
+    merged = {}
+    for key, first in outputs[0].items():
+        if key == "spatial_shapes":
+            merged[key] = first
+        elif isinstance(first, torch.Tensor):
+            merged[key] = torch.cat([output[key] for output in outputs])
+        else:
+            merged[key] = type(first)(torch.cat(parts) for parts in zip(*(output[key] for output in outputs)))
+    return GlipModelOutput(**merged)
 
 
 class GlipForGrounding(GlipPreTrainedModel):
