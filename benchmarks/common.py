@@ -37,6 +37,21 @@ def test_image(height: int, width: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(small).resize((width, height), Image.BILINEAR)
 
 
+def test_image_tensor(height: int, width: int, seed: int, device: str) -> torch.Tensor:
+    """`test_image` as a uint8 (3, H, W) tensor on `device`: an image already in memory."""
+    array = np.asarray(test_image(height, width, seed)).transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+
+def measured_bf16_matmul_tflops(device: str, size: int = 8192, repeats: int = 10) -> float | None:
+    """The device's bf16 matrix-product rate, measured on random (size x size) operands (None off CUDA)."""
+    if device != "cuda":
+        return None
+    a, b = (torch.randn(size, size, device=device, dtype=torch.bfloat16) for _ in range(2))
+    timing = timed(lambda: a @ b, repeats, 3, device)
+    return 2 * size**3 / timing["median_s"] / 1e12
+
+
 def glip_tiny(device: str):
     """GLIP-T (C) architecture with random weights, and its processor with the bundled bert-base vocabulary."""
     from glip_hf import GlipConfig, GlipForGrounding, GlipImageProcessor, GlipProcessor
