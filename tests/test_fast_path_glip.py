@@ -41,6 +41,19 @@ def test_dyhead_layers_and_head_compile_without_graph_breaks():
             torch.testing.assert_close(compiled, eager)
 
 
+def test_the_whole_model_runs_under_torch_compile():
+    """torch.compile(model) as a user writes it (graph breaks allowed in the transformers towers) gives eager's
+    outputs, for a batch with prompts of different lengths."""
+    model = _model()
+    inputs = tiny_inputs(2, 256, 256, 8)
+    inputs["attention_mask"][1, 5:] = 0
+    compiled = torch.compile(model, backend="eager")
+    with torch.no_grad():
+        eager, traced = model(**inputs), compiled(**inputs)
+    for name in ("logits", "pred_boxes", "centerness"):
+        torch.testing.assert_close(traced[name], eager[name])
+
+
 def test_anchors_are_cached_per_feature_size():
     model = _model()
     shapes = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]

@@ -204,7 +204,7 @@ def test_a_tiny_model_learns_to_ground_generated_shapes():
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
-        history.append({k: float(v) for k, v in outputs.loss_dict.items()})
+        history.append({k: float(v.detach()) for k, v in outputs.loss_dict.items()})
     assert time.time() - start < 120
     # Token and box losses fall by more than an order of magnitude. The centerness BCE cannot: its targets are
     # fractions, so it is bounded below by their entropy (about 0.63 here).
