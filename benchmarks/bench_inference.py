@@ -29,6 +29,10 @@ from common import (
 )
 
 
+# Grounding DINO's processor takes the caption itself; GLIP's builds the same "a. b. c." prompt from the names.
+GROUNDING_DINO_PROMPT = ". ".join(COCO_NAMES) + "."
+
+
 def parse_size(text: str) -> tuple[int, int]:
     height, _, width = text.partition("x")
     return int(height), int(width or height)
@@ -45,7 +49,7 @@ def glip_call(model, processor, images, device, bf16):
 
 
 def grounding_dino_call(model, processor, images, device, bf16):
-    text = ". ".join(COCO_NAMES) + "."
+    text = GROUNDING_DINO_PROMPT
     sizes = [tuple(image.shape[-2:]) for image in images]
 
     def run():
@@ -72,8 +76,8 @@ def prepared_inputs(name, processor, images, device):
     if name.startswith("GLIP-T"):
         inputs = processor(images=images, text=[COCO_NAMES] * len(images), device=device)
         return {k: inputs[k].to(device) for k in ("pixel_values", "input_ids", "attention_mask")}
-    text = ". ".join(COCO_NAMES) + "."
-    return dict(processor(images=images, text=[text] * len(images), return_tensors="pt", device=device).to(device))
+    text = [GROUNDING_DINO_PROMPT] * len(images)
+    return dict(processor(images=images, text=text, return_tensors="pt", device=device).to(device))
 
 
 def count_cpu_attention() -> None:

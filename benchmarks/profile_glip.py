@@ -81,13 +81,12 @@ def stage_table(model, processor, images, autocast) -> dict:
 
 def deform_variants(batch: int, height: int, width: int) -> dict:
     """Milliseconds of one 256-channel modulated deformable 3x3 conv per implementation, and relative error."""
-    from glip_hf.deform_conv_glip import _torchvision_deform_conv, deform_conv2d_sampled
+    from glip_hf.deform_conv_glip import _torchvision_deform_conv, columns_times_weight, deform_conv2d_sampled
     from glip_hf.deform_im2col_triton import deform_im2col
 
     def triton_deform_conv(x, offset, mask, weight, bias):
         columns = deform_im2col(x, offset, mask, 1, 1, torch.bfloat16)
-        out = weight.reshape(weight.shape[0], -1).bfloat16() @ columns + bias.bfloat16().view(1, -1, 1)
-        return out.view(x.shape[0], -1, *offset.shape[-2:])
+        return columns_times_weight(columns, weight, bias, offset.shape[-2:], torch.bfloat16, torch.bfloat16)
 
     torch.manual_seed(0)
     x = torch.randn(batch, 256, height, width, device="cuda")

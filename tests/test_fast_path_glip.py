@@ -126,6 +126,7 @@ def test_prompts_in_groups_equal_one_pass():
 TRITON_CHECK = """
 import torch
 from torchvision.ops import deform_conv2d
+from glip_hf.deform_conv_glip import columns_times_weight
 from glip_hf.deform_im2col_triton import deform_im2col
 torch.manual_seed(0)
 # (batch, channels, height, width, stride, out height, out width): odd sizes, channels not a multiple of the block,
@@ -134,7 +135,7 @@ for b, c, h, w, stride, oh, ow in [(2, 40, 9, 11, 1, 9, 11), (1, 33, 12, 10, 2, 
     x, offset = torch.randn(b, c, h, w), torch.randn(b, 18, oh, ow) * 3
     mask, weight, bias = torch.rand(b, 9, oh, ow), torch.randn(20, c, 3, 3), torch.randn(20)
     columns = deform_im2col(x, offset, mask, stride, 1, torch.float32)
-    out = (weight.reshape(20, -1) @ columns + bias.view(1, -1, 1)).view(b, 20, oh, ow)
+    out = columns_times_weight(columns, weight, bias, (oh, ow), torch.float32, torch.float32)
     expected = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 print("ok")

@@ -53,11 +53,14 @@ def deform_conv2d_sampled(x, offset, mask, weight, bias, stride: int = 1, paddin
     sampled = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
     sampled = sampled.view(batch, channels, KERNEL_SIZE * KERNEL_SIZE, out_h, out_w) * mask.unsqueeze(1)
     columns = sampled.reshape(batch, channels * KERNEL_SIZE * KERNEL_SIZE, out_h * out_w)
-    weight = weight.reshape(weight.shape[0], -1)
-    if matmul_dtype is not None:
-        columns, weight = columns.to(matmul_dtype), weight.to(matmul_dtype)
-    out = (weight @ columns).to(x.dtype)
-    return (out + bias.view(1, -1, 1)).view(batch, -1, out_h, out_w)
+    return columns_times_weight(columns, weight, bias, (out_h, out_w), matmul_dtype or x.dtype, x.dtype)
+
+
+def columns_times_weight(columns, weight, bias, out_size, matmul_dtype, out_dtype) -> torch.Tensor:
+    """The product half of the deformable conv: (Cout, Cin*9) weight @ (B, Cin*9, Ho*Wo) columns + bias, in
+    `matmul_dtype`, returned as (B, Cout, Ho, Wo) in `out_dtype`."""
+    out = (weight.reshape(weight.shape[0], -1).to(matmul_dtype) @ columns.to(matmul_dtype)).to(out_dtype)
+    return (out + bias.to(out_dtype).view(1, -1, 1)).view(columns.shape[0], -1, *out_size)
 
 
 class ModulatedDeformConv2d(nn.Module):
@@ -72,24 +75,21 @@ class ModulatedDeformConv2d(nn.Module):
     def forward(self, x, offset=None, mask=None):
         if offset is None:
             return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=1)
-        device_type = x.device.type
-        operation = _torchvision_deform_conv if device_type == "cuda" else deform_conv2d_sampled
-        if x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(device_type):
+        on_cuda = x.is_cuda
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if x.dtype in (torch.float32, torch.float64) and not autocast:
+            operation = _torchvision_deform_conv if on_cuda else deform_conv2d_sampled
             return operation(x, offset, mask, self.weight, self.bias, self.stride)
         # Sampling positions are sensitive to rounding (and torchvision's kernel has no autocast rule for reduced
         # precision): sampling runs in float32 under autocast / bf16; see the module docstring for the product.
-        reduced = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
-        with torch.autocast(device_type=device_type, enabled=False):
-            if device_type != "cuda":
-                out = operation(x.float(), offset.float(), mask.float(), self.weight.float(), self.bias.float(),
-                                self.stride)
-            elif self._needs_grad(x, offset, mask) or not triton_available(x):
-                out = deform_conv2d_sampled(x.float(), offset.float(), mask.float(), self.weight.float(),
-                                            self.bias.float(), self.stride, matmul_dtype=reduced)
-            else:
+        reduced = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            if on_cuda and triton_available(x) and not self._needs_grad(x, offset, mask):
                 columns = deform_im2col(x, offset, mask, self.stride, 1, reduced)
-                out = self.weight.reshape(self.weight.shape[0], -1).to(reduced) @ columns
-                out = out.add_(self.bias.to(reduced).view(1, -1, 1)).view(x.shape[0], -1, *offset.shape[-2:])
+                out = columns_times_weight(columns, self.weight, self.bias, offset.shape[-2:], reduced, reduced)
+            else:
+                out = deform_conv2d_sampled(x.float(), offset.float(), mask.float(), self.weight.float(),
+                                            self.bias.float(), self.stride, matmul_dtype=reduced if on_cuda else None)
         return out.to(x.dtype)
 
     def _needs_grad(self, *inputs) -> bool:
@@ -100,4 +100,4 @@ def _torchvision_deform_conv(x, offset, mask, weight, bias, stride):
     return deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
 
 
-__all__ = ["ModulatedDeformConv2d", "deform_conv2d_sampled"]
+__all__ = ["ModulatedDeformConv2d", "columns_times_weight", "deform_conv2d_sampled"]

@@ -213,11 +213,7 @@ class GlipImageProcessor(BaseImageProcessor):
 
     def pad(self, images: list[np.ndarray], size_divisibility: int | None) -> tuple[np.ndarray, np.ndarray]:
         """Zero-pad (C, H, W) arrays at the bottom/right to the batch maximum rounded up to `size_divisibility`."""
-        height = max(image.shape[1] for image in images)
-        width = max(image.shape[2] for image in images)
-        if size_divisibility and size_divisibility > 1:
-            height = math.ceil(height / size_divisibility) * size_divisibility
-            width = math.ceil(width / size_divisibility) * size_divisibility
+        height, width = padded_size([image.shape[1:] for image in images], size_divisibility)
         pixel_values = np.zeros((len(images), images[0].shape[0], height, width), dtype=np.float32)
         pixel_mask = np.zeros((len(images), height, width), dtype=np.int64)
         for index, image in enumerate(images):
@@ -235,6 +231,8 @@ class GlipImageProcessor(BaseImageProcessor):
                 size_divisibility,
             )
         original_sizes = [(image.height, image.width) for image in images]
+        mean = np.asarray(image_mean, dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(image_std, dtype=np.float32).reshape(-1, 1, 1)
         arrays = []
         for image in images:
             if do_resize:
@@ -243,8 +241,6 @@ class GlipImageProcessor(BaseImageProcessor):
             if do_rescale:
                 array = array * np.float32(rescale_factor)
             if do_normalize:
-                mean = np.asarray(image_mean, dtype=np.float32).reshape(-1, 1, 1)
-                std = np.asarray(image_std, dtype=np.float32).reshape(-1, 1, 1)
                 array = (array - mean) / std
             arrays.append(array.astype(np.float32))
         image_sizes = [array.shape[1:] for array in arrays]
@@ -267,6 +263,9 @@ class GlipImageProcessor(BaseImageProcessor):
                             do_normalize, image_mean, image_std, do_pad, size_divisibility) -> BatchFeature:
         """The device path: the same steps on uint8 (3, H, W) tensors, as torch operations where they lie."""
         original_sizes = [tuple(image.shape[1:]) for image in images]
+        device = images[0].device
+        mean = torch.tensor(image_mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+        std = torch.tensor(image_std, dtype=torch.float32, device=device).view(-1, 1, 1)
         processed = []
         for image in images:
             height, width = image.shape[1:]
@@ -280,18 +279,12 @@ class GlipImageProcessor(BaseImageProcessor):
             if do_rescale:
                 pixels = pixels * rescale_factor
             if do_normalize:
-                mean = torch.tensor(image_mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
-                std = torch.tensor(image_std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
                 pixels = (pixels - mean) / std
             processed.append(pixels)
         image_sizes = [tuple(pixels.shape[1:]) for pixels in processed]
         if not do_pad and len(set(image_sizes)) > 1:
             raise ValueError(f"images of different sizes {image_sizes} cannot be batched with do_pad=False")
-        height, width = max(s[0] for s in image_sizes), max(s[1] for s in image_sizes)
-        if do_pad and size_divisibility and size_divisibility > 1:
-            height = math.ceil(height / size_divisibility) * size_divisibility
-            width = math.ceil(width / size_divisibility) * size_divisibility
-        device = processed[0].device
+        height, width = padded_size(image_sizes, size_divisibility if do_pad else None)
         pixel_values = torch.zeros(len(processed), 3, height, width, device=device)
         pixel_mask = torch.zeros(len(processed), height, width, dtype=torch.long, device=device)
         for index, pixels in enumerate(processed):
@@ -304,6 +297,15 @@ class GlipImageProcessor(BaseImageProcessor):
             "original_sizes": torch.tensor(original_sizes, dtype=torch.long),
         }
         return BatchFeature(data=data)
+
+
+def padded_size(image_sizes, size_divisibility: int | None) -> tuple[int, int]:
+    """The batch canvas: largest height and width, rounded up to a multiple of `size_divisibility` (if > 1)."""
+    height, width = max(int(size[0]) for size in image_sizes), max(int(size[1]) for size in image_sizes)
+    if size_divisibility and size_divisibility > 1:
+        height = math.ceil(height / size_divisibility) * size_divisibility
+        width = math.ceil(width / size_divisibility) * size_divisibility
+    return height, width
 
 
 def _to_uint8_chw_tensor(image, device) -> torch.Tensor:

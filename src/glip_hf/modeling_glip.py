@@ -241,7 +241,7 @@ class GlipModel(GlipPreTrainedModel):
             return self._fuse(backbone_features, vision_features, input_ids, attention_mask, token_type_ids,
                               output_hidden_states)
         if image_index is None:
-            image_index = torch.arange(rows)
+            image_index = torch.arange(rows, device=pixel_values.device)
         image_index = image_index.to(pixel_values.device)
         # Rows (prompts) go through the text tower and the DyHead in groups, each gathering its images' features:
         # the vision tower ran once, and peak memory follows the group size rather than the number of prompts.
