@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from common import device_description, glip_tiny, test_image_tensor, timed, write_results
 
+from glip_hf.modeling_glip import FUSION_ATTENTION_IMPLEMENTATIONS
+
 ADJECTIVES = ["red", "blue", "green", "small", "large", "old", "new", "wooden", "metal", "plastic", "striped",
               "round", "square", "tall", "short", "bright", "dark", "heavy", "light", "soft", "hard", "wet", "dry",
               "hot", "cold", "empty", "full", "open", "closed", "broken", "clean", "dirty", "young", "white",
@@ -40,9 +42,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--prompts-per-pass", type=int, default=None,
                         help="config.max_prompts_per_pass for the chunked path (default: all chunks at once)")
+    parser.add_argument("--fusion-attention", default="auto", choices=FUSION_ATTENTION_IMPLEMENTATIONS,
+                        help="the cross-attention (auto: folded on CPU, sdpa on CUDA)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/long_vocab.json"))
     args = parser.parse_args(argv)
     model, processor = glip_tiny(args.device)
+    model.set_fusion_attention(args.fusion_attention)
     model.config.max_prompts_per_pass = args.prompts_per_pass
     image = test_image_tensor(args.size, args.size, 0, args.device)
     chunks = [NAMES[i:i + args.chunk_names] for i in range(0, len(NAMES), args.chunk_names)]
@@ -71,7 +76,7 @@ def main(argv=None) -> dict:
     timing_baseline = timed(baseline, args.repeats, args.warmup, args.device)
     results = {"device": device_description(args.device), "image": args.size, "names": len(NAMES),
                "chunks": len(chunks), "chunk_names": args.chunk_names,
-               "prompts_per_pass": args.prompts_per_pass, "precision": "bf16 autocast" if args.bf16 else "fp32",
+               "prompts_per_pass": args.prompts_per_pass, "fusion_attention": args.fusion_attention, "precision": "bf16 autocast" if args.bf16 else "fp32",
                "chunked_vision_once_s": timing_ours,
                "full_model_per_chunk_s": timing_baseline,
                "speedup": timing_baseline["median_s"] / timing_ours["median_s"]}

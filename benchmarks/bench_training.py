@@ -14,6 +14,8 @@ import torch
 from bench_inference import parse_size, peak_memory_gib
 from common import COCO_NAMES, device_description, glip_tiny, grounding_dino_tiny, test_image, timed, write_results
 
+from glip_hf.modeling_glip import FUSION_ATTENTION_IMPLEMENTATIONS
+
 
 def training_step(model, batch, labels, device, bf16):
     """One forward + backward + AdamW step on a fixed batch, as a closure for `timed`."""
@@ -54,6 +56,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing on both models")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--glip-only", action="store_true")
+    parser.add_argument("--fusion-attention", default="auto", choices=FUSION_ATTENTION_IMPLEMENTATIONS,
+                        help="GLIP-T's cross-attention (auto: folded on CPU, sdpa on CUDA)")
     parser.add_argument("--output", type=Path, default=Path("results/training.json"))
     args = parser.parse_args(argv)
     height, width = parse_size(args.size)
@@ -63,6 +67,8 @@ def main(argv=None) -> dict:
     for name, build, make_step in models[: 1 if args.glip_only else 2]:
         model, processor = build(args.device)
         model.train()
+        if name == "GLIP-T":
+            model.set_fusion_attention(args.fusion_attention)
         checkpointing = False
         if args.checkpointing:
             try:
@@ -78,7 +84,8 @@ def main(argv=None) -> dict:
                      "peak_memory_gib": peak_memory_gib(args.device)})
         del model
     results = {"device": device_description(args.device), "image": f"{height}x{width}", "batch": args.batch,
-               "bf16": args.bf16, "checkpointing": args.checkpointing, "rows": rows}
+               "bf16": args.bf16, "checkpointing": args.checkpointing, "glip_fusion_attention": args.fusion_attention,
+               "rows": rows}
     for row in rows:
         print(f"{row['model']:18s} {row['images_per_s']:7.2f} img/s {row['peak_memory_gib']:7.2f} GiB "
               f"checkpointing {'on' if row['checkpointing'] else 'off'}")

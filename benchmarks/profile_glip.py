@@ -16,6 +16,8 @@ import torch
 from bench_inference import parse_size
 from common import COCO_NAMES, glip_tiny, test_image_tensor, timed
 
+from glip_hf.modeling_glip import FUSION_ATTENTION_IMPLEMENTATIONS
+
 
 class StageTimer:
     """Records CUDA events before and after each watched module's forward; sums milliseconds per stage name."""
@@ -135,10 +137,12 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--output-dir", type=Path, default=None)
+    parser.add_argument("--fusion-attention", default="auto", choices=FUSION_ATTENTION_IMPLEMENTATIONS)
     args = parser.parse_args(argv)
     height, width = parse_size(args.size)
     autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=args.bf16)
     model, processor = glip_tiny("cuda")
+    model.set_fusion_attention(args.fusion_attention)
     images = [test_image_tensor(height, width, seed, "cuda") for seed in range(args.batch)]
     stage_table(model, processor, images, autocast)  # warm-up
     stages = stage_table(model, processor, images, autocast)

@@ -54,6 +54,65 @@ def test_the_whole_model_runs_under_torch_compile():
         torch.testing.assert_close(traced[name], eager[name])
 
 
+def _fixed_dropout(generator_seed: int, logical_shape):
+    """A dropout stand-in with a fixed keep pattern per logical element, so that two layouts drop the same
+    probabilities: eager passes (B, H, N, T) and (B, H, T, N); folded passes (B, N, H*T) and (B, N, H, T)."""
+    generator = torch.Generator().manual_seed(generator_seed)
+    batch, heads, num_vision, num_text = logical_shape
+    vision_keep = (torch.rand(logical_shape, generator=generator) > 0.3) / 0.7
+    text_keep = (torch.rand(batch, heads, num_text, num_vision, generator=generator) > 0.3) / 0.7
+
+    def dropout(probs, p=0.0, training=False):
+        if probs.dim() == 3:  # folded, text direction
+            return probs * text_keep.permute(0, 3, 1, 2).flatten(2)
+        if probs.shape[1] == heads:  # eager
+            return probs * (vision_keep if probs.shape[-1] == num_text else text_keep)
+        return probs * vision_keep.transpose(1, 2)
+
+    return dropout
+
+
+def test_folded_attention_equals_the_eager_arithmetic_with_dropout_and_gradients(monkeypatch):
+    """The folded cross-attention (the CPU default) against the original's arithmetic in training mode: same
+    dropped probabilities, same outputs and the same gradients for the inputs and every projection."""
+    from glip_hf.fusion_glip import GlipBiAttention
+
+    torch.manual_seed(0)
+    attention = GlipBiAttention(32, 48, 64, 4, dropout=0.3).train()
+    vision, text = torch.randn(2, 90, 32), torch.randn(2, 7, 48)
+    text_mask = torch.ones(2, 7, dtype=torch.long)
+    text_mask[1, 4:] = 0
+    monkeypatch.setattr(torch.nn.functional, "dropout", _fixed_dropout(0, (2, 4, 90, 7)))
+    results = {}
+    for implementation in ("eager", "folded"):
+        attention.attention_implementation = implementation
+        attention.zero_grad()
+        inputs = (vision.clone().requires_grad_(), text.clone().requires_grad_())
+        vision_update, text_update = attention(*inputs, text_mask)
+        (vision_update.square().sum() + text_update.sum()).backward()
+        results[implementation] = [vision_update, text_update, *(x.grad for x in inputs),
+                                   *(p.grad for p in attention.parameters())]
+    assert len(results["folded"]) == 2 + 2 + 12
+    for folded, eager in zip(results["folded"], results["eager"]):
+        torch.testing.assert_close(folded, eager, atol=1e-5, rtol=1e-4)
+
+
+def test_auto_attention_is_folded_on_cpu_and_names_are_checked(monkeypatch):
+    model = _model()
+    inputs = tiny_inputs(1, 256, 256, 8)
+    calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda q, *args, **kwargs: calls.append(q.shape) or real_sdpa(q, *args, **kwargs))
+    with torch.no_grad():
+        model.model(**inputs)
+    heads = model.config.fusion_num_heads
+    # The BERT layers use SDPA; the cross-attention (heads of the fusion width) does not.
+    assert calls and all(shape[1] != heads or shape[-1] != model.config.fusion_embed_dim // heads for shape in calls)
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        model.set_fusion_attention("flash")
+
+
 def test_anchors_are_cached_per_feature_size():
     model = _model()
     shapes = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
@@ -76,7 +135,7 @@ def test_padding_to_the_longest_prompt_does_not_change_real_tokens():
     torch.testing.assert_close(long.pred_boxes, short.pred_boxes, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("implementation", ["sdpa", "folded", "eager"])
 def test_bf16_autocast_stays_close_to_float32(implementation):
     model = _model()
     model.set_fusion_attention(implementation)

@@ -157,8 +157,10 @@ def test_the_backbone_alone_matches_to_float32_rounding(reference):
 
 
 @pytest.mark.parametrize("caption", CAPTIONS)
-def test_fast_attention_path_agrees_with_the_reference_path(reference, caption):
-    """SDPA (the default) against the original's clamped arithmetic, module by module on the original's inputs."""
+@pytest.mark.parametrize("fast", ["sdpa", "folded"])
+def test_fast_attention_path_agrees_with_the_reference_path(reference, caption, fast):
+    """Each fast path (SDPA, the GPU default; folded, the CPU default) against the original's clamped arithmetic,
+    module by module on the original's inputs, then through the whole model."""
     model, inputs, outputs = reference
     mask = inputs[f"{caption}.attention_mask"]
     errors = {}
@@ -170,13 +172,13 @@ def test_fast_attention_path_agrees_with_the_reference_path(reference, caption):
                 text = outputs[f"{caption}.language_backbone.hidden"] if index == 0 else \
                     outputs[f"{caption}.dyhead_tower.{3 * index - 2}.BertEncoderLayer.lang.hidden"]
                 results = {}
-                for implementation in ("eager", "sdpa"):
+                for implementation in ("eager", fast):
                     model.set_fusion_attention(implementation)
                     fused, fused_text = layer.fusion(vision, text, mask)
                     results[implementation] = (*fused, fused_text, layer.text_layer(fused_text, mask))
-                for position, (eager, sdpa) in enumerate(zip(results["eager"], results["sdpa"])):
-                    errors[f"layer {index} output {position}"] = relative_error(sdpa, eager)
-            model.set_fusion_attention("sdpa")
+                for position, (eager, ours) in enumerate(zip(results["eager"], results[fast])):
+                    errors[f"layer {index} output {position}"] = relative_error(ours, eager)
+            model.set_fusion_attention(fast)
             fast = model(_pixel_values(inputs), inputs[f"{caption}.input_ids"], mask).logits
             model.set_fusion_attention("eager")
             slow = model(_pixel_values(inputs), inputs[f"{caption}.input_ids"], mask).logits

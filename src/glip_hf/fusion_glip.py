@@ -58,7 +58,7 @@ class GlipBiAttention(nn.Module):
         self.text_value_proj = nn.Linear(text_dim, embed_dim)
         self.vision_out_proj = nn.Linear(embed_dim, vision_dim)
         self.text_out_proj = nn.Linear(embed_dim, text_dim)
-        self.attention_implementation = "sdpa"  # or "eager": see GlipPreTrainedModel.set_fusion_attention
+        self.attention_implementation = "auto"  # see GlipPreTrainedModel.set_fusion_attention
         for projection in self.children():
             projection.glip_init = "xavier"
 
@@ -78,14 +78,20 @@ class GlipBiAttention(nn.Module):
 
         Returns the updates (B, N, Cv) and (B, T, Ct).
         """
+        implementation = self.attention_implementation
+        if implementation == "auto":
+            implementation = "sdpa" if vision_tokens.is_cuda else "folded"
+        # The original adds the integer mask itself: +1 on real tokens (no effect on the softmax), -9e15 on pads.
+        mask_bias = torch.where(text_mask.bool(), 1.0, TEXT_PAD_LOGIT)[:, None, None, :]
+        dropout = self.dropout if self.training else 0.0
+        if implementation == "folded":
+            return self._folded(vision_tokens, text_tokens, mask_bias, dropout)
         query = self._split_heads(self.vision_query_proj(vision_tokens))
         key = self._split_heads(self.text_key_proj(text_tokens))
         vision_values = self._split_heads(self.vision_value_proj(vision_tokens))
         text_values = self._split_heads(self.text_value_proj(text_tokens))
-        # The original adds the integer mask itself: +1 on real tokens (no effect on the softmax), -9e15 on pads.
-        mask_bias = torch.where(text_mask.bool(), 1.0, TEXT_PAD_LOGIT).to(query.dtype)[:, None, None, :]
-        dropout = self.dropout if self.training else 0.0
-        if self.attention_implementation == "sdpa":
+        mask_bias = mask_bias.to(query.dtype)
+        if implementation == "sdpa":
             # Fused kernels keep the softmax in float32, so the fp16 overflow guards (the +-50000 clamps) are not
             # needed; they could only change logits beyond 50000, where either softmax is one-hot.
             vision_context = F.scaled_dot_product_attention(
@@ -94,6 +100,48 @@ class GlipBiAttention(nn.Module):
         else:
             vision_context, text_context = self._eager_contexts(query, key, vision_values, text_values, mask_bias, dropout)
         return self.vision_out_proj(self._merge_heads(vision_context)), self.text_out_proj(self._merge_heads(text_context))
+
+    def _folded(self, vision_tokens, text_tokens, mask_bias, dropout):
+        """The eager arithmetic with the three (N, Cv) x (Cv, E) projections of the visual tokens folded into the
+        T << N text tokens: logits = (X Wq' + bq) K' = X (Wq' K') + bq K'; P (V Wo') replaces the vision output
+        projection and (P' X) Wv' the vision value projection. 2.6x fewer FLOPs for GLIP-T's fusion. The clamps are
+        left out as in SDPA (see `forward`).
+        """
+        heads = (self.num_heads, self.head_dim)
+        key = self.text_key_proj(text_tokens).unflatten(-1, heads) * self.scale  # (B, T, H, d)
+        query_weight = self.vision_query_proj.weight.unflatten(0, heads)  # (H, d, Cv)
+        folded_keys = torch.einsum("hdc,bthd->bcht", query_weight, key).flatten(2)  # (B, Cv, H*T)
+        # bq K' is constant over the visual tokens: the text queries' softmax over them does not see it.
+        logits = vision_tokens @ folded_keys  # (B, N, H*T), without bq K'
+        text_update = self._folded_text_update(logits, vision_tokens, dropout)
+        key_bias = torch.einsum("hd,bthd->bht", self.vision_query_proj.bias.view(heads), key)  # (B, H, T)
+        # In place: nothing saved for backward holds the logits any more.
+        logits = logits.unflatten(-1, (self.num_heads, -1)).add_((key_bias.unsqueeze(1) + mask_bias).to(logits.dtype))
+        vision_probs = F.dropout(logits.softmax(dim=-1), p=dropout, training=dropout > 0)
+        text_values = self.text_value_proj(text_tokens).unflatten(-1, heads)  # (B, T, H, d)
+        out_weight = self.vision_out_proj.weight.unflatten(1, heads)  # (Cv, H, d)
+        text_values_out = torch.einsum("bthd,chd->bhtc", text_values, out_weight).flatten(1, 2)  # (B, H*T, Cv)
+        vision_update = torch.baddbmm(self.vision_out_proj.bias.to(text_values_out.dtype), vision_probs.flatten(2),
+                                      text_values_out)
+        return vision_update, text_update
+
+    def _folded_text_update(self, logits, vision_tokens, dropout):
+        """Text queries over the N visual tokens, from logits (B, N, H*T). The softmax over N is left unnormalised
+        until after the pooling, so that the division runs on (H*T, Cv) numbers instead of (N, H*T)."""
+        # The shift only guards exp() from overflow; softmax does not depend on it, so it needs no gradient.
+        weights = (logits - logits.detach().amax(dim=1, keepdim=True)).exp_()
+        normaliser = weights.sum(dim=1).unsqueeze(-1)  # (B, H*T, 1)
+        weights = F.dropout(weights, p=dropout, training=dropout > 0)
+        # X' W rather than W' X: only the small operand is transposed (BLAS copies a transposed batched operand).
+        pooled_vision = (vision_tokens.transpose(1, 2) @ weights).transpose(1, 2) / normaliser  # (B, H*T, Cv)
+        value_weight = self.vision_value_proj.weight.unflatten(0, (self.num_heads, self.head_dim))  # (H, d, Cv)
+        text_context = torch.einsum("bhtc,hdc->bthd", pooled_vision.unflatten(1, (self.num_heads, -1)), value_weight)
+        # A probability row sums to 1, which carries the value bias through the pooling; after dropout, its sum.
+        value_bias = self.vision_value_proj.bias.view(self.num_heads, self.head_dim)
+        if dropout > 0:
+            value_bias = (weights.sum(dim=1) / normaliser.squeeze(-1)).unflatten(1, (self.num_heads, -1))
+            value_bias = value_bias.transpose(1, 2).unsqueeze(-1) * self.vision_value_proj.bias.view(self.num_heads, -1)
+        return self.text_out_proj((text_context + value_bias).flatten(2))
 
     def _eager_contexts(self, query, key, vision_values, text_values, mask_bias, dropout):
         """The original's arithmetic, clamps included (the reference path)."""
@@ -150,7 +198,7 @@ class GlipTextLayer(nn.Module):
         self.attention_dropout = nn.Dropout(attention_dropout)
         for linear in (self.query, self.key, self.value, self.attention_output, self.intermediate, self.output):
             linear.glip_init = "text"
-        self.attention_implementation = "sdpa"
+        self.attention_implementation = "auto"
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
@@ -159,7 +207,7 @@ class GlipTextLayer(nn.Module):
         """hidden_states (B, T, D), text_mask (B, T) 1 = real token. Returns (B, T, D)."""
         query, key, value = (self._heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
         pad_bias = (1.0 - text_mask[:, None, None, :].to(query.dtype)) * torch.finfo(query.dtype).min
-        if self.attention_implementation == "sdpa":
+        if self.attention_implementation != "eager":  # "auto", "sdpa" and "folded" all mean SDPA here
             dropout = self.attention_dropout.p if self.training else 0.0
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=pad_bias, dropout_p=dropout)
         else:
