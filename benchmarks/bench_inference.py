@@ -131,6 +131,7 @@ def measure(name, build, call, args, images, compile_model=False) -> dict:
     model, processor = build(args.device)
     if name.startswith("GLIP-T"):
         model.set_fusion_attention(args.fusion_attention)
+        model.config.max_prompts_per_pass = args.prompts_per_pass
         flops = glip_flops_per_image(model, processor, images[0], args.device)
     if compile_model:
         # The DyHead layers and the head: the part that compiles without graph breaks, and most of the time.
@@ -166,6 +167,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--compile", action="store_true", help="also time GLIP-T under torch.compile")
     parser.add_argument("--fusion-attention", default="auto", choices=FUSION_ATTENTION_IMPLEMENTATIONS,
                         help="GLIP-T's cross-attention (auto: folded on CPU, sdpa on CUDA)")
+    parser.add_argument("--prompts-per-pass", type=int, default=None,
+                        help="GLIP-T's config.max_prompts_per_pass (default: one row per pass on CPU, all on CUDA)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/inference.json"))
     args = parser.parse_args(argv)
     height, width = parse_size(args.size)
@@ -179,7 +182,7 @@ def main(argv=None) -> dict:
     peak = measured_bf16_matmul_tflops(args.device)
     results = {"device": device_description(args.device), "image": f"{height}x{width}", "batch": args.batch,
                "precision": "bf16 autocast" if args.bf16 else "fp32", "prompt": "80 COCO class names", "rows": rows,
-               "glip_fusion_attention": args.fusion_attention,
+               "glip_fusion_attention": args.fusion_attention, "glip_prompts_per_pass": args.prompts_per_pass,
                "glip_speedup": rows[1]["median_s"] / rows[0]["median_s"], "measured_bf16_matmul_tflops": peak,
                "torch": torch.__version__}
     print(f"{'model':18s} {'s/call':>8s} {'img/s':>7s} {'peak GiB':>9s} {'forward s':>10s}  ({results['device']}, "

@@ -41,7 +41,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--prompts-per-pass", type=int, default=None,
-                        help="config.max_prompts_per_pass for the chunked path (default: all chunks at once)")
+                        help="config.max_prompts_per_pass for the chunked path (default: the model's, one chunk "
+                             "at a time on CPU and all at once elsewhere)")
     parser.add_argument("--fusion-attention", default="auto", choices=FUSION_ATTENTION_IMPLEMENTATIONS,
                         help="the cross-attention (auto: folded on CPU, sdpa on CUDA)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/long_vocab.json"))

@@ -1,7 +1,8 @@
-"""Where GLIP-T's inference time goes on a GPU: time per stage (CUDA events around each module), the top kernels
-(torch.profiler), and the deformable-conv variants on one P3-sized map.
+"""Where GLIP-T's inference time goes: time per stage (events around each module), and on a GPU the top kernels
+(torch.profiler) and the deformable-conv variants on one P3-sized map.
 
     python benchmarks/profile_glip.py --size 800x1333 --batch 8 [--bf16] [--output-dir DIR]
+    python benchmarks/profile_glip.py --device cpu --size 800 --batch 1      # stages only
 
 Prints the tables; with --output-dir also writes them (and the profiler's full table) there.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import time
 from pathlib import Path
 
 import torch
@@ -19,32 +21,48 @@ from common import COCO_NAMES, glip_tiny, test_image_tensor, timed
 from glip_hf.modeling_glip import FUSION_ATTENTION_IMPLEMENTATIONS
 
 
-class StageTimer:
-    """Records CUDA events before and after each watched module's forward; sums milliseconds per stage name."""
+class HostEvent:
+    """The part of torch.cuda.Event that StageTimer uses, for the CPU: a host clock reading."""
 
-    def __init__(self, modules: dict):
+    def record(self):
+        self.seconds = time.perf_counter()
+
+    def elapsed_time(self, other) -> float:
+        return (other.seconds - self.seconds) * 1e3
+
+
+class StageTimer:
+    """Records events (CUDA events on a GPU) before and after each watched module's forward; sums milliseconds per
+    stage name."""
+
+    def __init__(self, modules: dict, device: str):
+        self.device = device
         self.events = collections.defaultdict(list)
         self.handles = []
         for name, module in modules.items():
             self.handles.append(module.register_forward_pre_hook(self._start(name)))
             self.handles.append(module.register_forward_hook(self._stop(name)))
 
+    def _event(self):
+        return torch.cuda.Event(enable_timing=True) if self.device == "cuda" else HostEvent()
+
     def _start(self, name):
         def hook(module, args):
-            event = torch.cuda.Event(enable_timing=True)
+            event = self._event()
             event.record()
             self.events[name].append([event, None])
         return hook
 
     def _stop(self, name):
         def hook(module, args, output):
-            event = torch.cuda.Event(enable_timing=True)
+            event = self._event()
             event.record()
             self.events[name][-1][1] = event
         return hook
 
     def milliseconds(self) -> dict:
-        torch.cuda.synchronize()
+        if self.device == "cuda":
+            torch.cuda.synchronize()
         return {name: sum(start.elapsed_time(stop) for start, stop in pairs) for name, pairs in self.events.items()}
 
     def remove(self):
@@ -63,20 +81,20 @@ def watched_modules(model) -> dict:
 
 
 def stage_table(model, processor, images, autocast) -> dict:
-    timer = StageTimer(watched_modules(model))
-    inputs = processor(images=images, text=[COCO_NAMES] * len(images), device="cuda")
-    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    device = autocast["device_type"]
+    timer = StageTimer(watched_modules(model), device)
+    inputs = processor(images=images, text=[COCO_NAMES] * len(images), device=device)
+    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     with torch.no_grad(), torch.autocast(**autocast):
         outputs = model(**inputs)
     timer.remove()
     stages = collections.defaultdict(float)
     for name, ms in timer.milliseconds().items():
         stages[name.split(" ")[0] if name.split(" ")[-1].isdigit() else name] += ms
-    torch.cuda.synchronize()
     post = timed(lambda: processor.post_process_grounded_object_detection(outputs, inputs, threshold=0.0), 3, 1,
-                 "cuda")
+                 device)
     stages["post-processing"] = post["median_s"] * 1e3
-    pre = timed(lambda: processor(images=images, text=[COCO_NAMES] * len(images), device="cuda"), 3, 1, "cuda")
+    pre = timed(lambda: processor(images=images, text=[COCO_NAMES] * len(images), device=device), 3, 1, device)
     stages["preprocessing"] = pre["median_s"] * 1e3
     return dict(stages)
 
@@ -133,6 +151,7 @@ def kernel_table(model, processor, images, autocast, row_limit: int = 30) -> str
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for the stage times alone")
     parser.add_argument("--size", default="800x1333")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--bf16", action="store_true")
@@ -140,16 +159,19 @@ def main(argv=None):
     parser.add_argument("--fusion-attention", default="auto", choices=FUSION_ATTENTION_IMPLEMENTATIONS)
     args = parser.parse_args(argv)
     height, width = parse_size(args.size)
-    autocast = dict(device_type="cuda", dtype=torch.bfloat16, enabled=args.bf16)
-    model, processor = glip_tiny("cuda")
+    autocast = dict(device_type=args.device, dtype=torch.bfloat16, enabled=args.bf16)
+    model, processor = glip_tiny(args.device)
     model.set_fusion_attention(args.fusion_attention)
-    images = [test_image_tensor(height, width, seed, "cuda") for seed in range(args.batch)]
+    images = [test_image_tensor(height, width, seed, args.device) for seed in range(args.batch)]
     stage_table(model, processor, images, autocast)  # warm-up
     stages = stage_table(model, processor, images, autocast)
     total = sum(stages.values())
-    print(f"GLIP-T stages, batch {args.batch}, {height}x{width}, {'bf16' if args.bf16 else 'fp32'}:")
+    print(f"GLIP-T stages, batch {args.batch}, {height}x{width}, {'bf16' if args.bf16 else 'fp32'}, "
+          f"{args.device}, fusion attention {args.fusion_attention}:")
     for name, ms in sorted(stages.items(), key=lambda item: -item[1]):
         print(f"  {name:22s} {ms:9.2f} ms  {100 * ms / total:5.1f}%")
+    if args.device != "cuda":
+        return
     deform = deform_variants(args.batch, (height + 7) // 8, (width + 7) // 8)
     print("deformable conv on one P3 map (256 channels):")
     for name, row in deform.items():

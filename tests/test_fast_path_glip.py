@@ -166,7 +166,7 @@ def test_prompts_in_groups_equal_one_pass():
     inputs = tiny_inputs(2, 256, 256, 8)
     rows = {k: v.repeat(3, 1) for k, v in inputs.items() if k != "pixel_values"}
     image_index = torch.tensor([0, 1, 1, 0, 1, 0])
-    one_pass, grouped = _model(), _model(max_prompts_per_pass=4)
+    one_pass, grouped = _model(max_prompts_per_pass=6), _model(max_prompts_per_pass=4)
     with torch.no_grad():
         expected = one_pass(inputs["pixel_values"], **rows, image_index=image_index, output_hidden_states=True)
         calls = []
@@ -180,6 +180,26 @@ def test_prompts_in_groups_equal_one_pass():
         torch.testing.assert_close(actual_states, expected_states, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="max_prompts_per_pass"):
         tiny_config(max_prompts_per_pass=0)
+
+
+def test_cpu_default_groups_prompt_rows_by_image_size(monkeypatch):
+    """max_prompts_per_pass=None on CPU: large images one row per pass (faster there), small ones together, with
+    the outputs of one pass."""
+    model = _model()
+    rows_per_call = []
+    fuse = model.model._fuse
+    monkeypatch.setattr(model.model, "_fuse", lambda *args: rows_per_call.append(args[2].shape[0]) or fuse(*args))
+    with torch.no_grad():
+        model(**tiny_inputs(2, 256, 256, 8))
+        assert rows_per_call == [2]  # 2 x 256 x 256 pixels fit one pass
+        rows_per_call.clear()
+        inputs = tiny_inputs(2, 384, 384, 8)
+        default = model(**inputs)
+        model.config.max_prompts_per_pass = 2
+        at_once = model(**inputs)
+    assert rows_per_call == [1, 1, 2]
+    for name in ("logits", "pred_boxes", "centerness"):
+        torch.testing.assert_close(default[name], at_once[name], atol=1e-5, rtol=1e-5)
 
 
 TRITON_CHECK = """

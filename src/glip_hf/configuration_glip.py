@@ -73,7 +73,8 @@ class GlipConfig(PreTrainedConfig):
             tower's output, as the original's `ADD_LINEAR_LAYER` ("prompt tuning" of the GLIP paper).
         max_prompts_per_pass (`int`, *optional*): run at most this many prompt rows (captions, or chunks of a long
             class list) through the text tower and the DyHead at once; the vision tower still runs once. Bounds
-            memory with long vocabularies, and on CPUs small groups are faster than one large batch. None: all rows.
+            memory with long vocabularies. None (default): all rows at once on accelerators; on CPUs as many rows as
+            make 512x512 pixels (one row for an 800x800 image), which is faster there than one large batch.
         legacy_upsampled_offset_reinterpretation (`bool`): reproduce the original CUDA kernel's bug in the DyConv
             branch that reads the finer level's offsets for a coarser map (see `fusion_glip.DyConv`). Converted
             checkpoints switch it on because their weights were trained with it.

@@ -93,6 +93,8 @@ class GlipGroundingOutput(ModelOutput):
 
 
 FUSION_ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "folded", "eager")
+# Default pixels of prompt rows per DyHead pass on CPUs (see GlipModel._default_rows_per_pass).
+CPU_PIXELS_PER_PASS = 512 * 512
 
 
 class GlipPreTrainedModel(PreTrainedModel):
@@ -245,7 +247,7 @@ class GlipModel(GlipPreTrainedModel):
 
         backbone_features, vision_features = self.vision_backbone(pixel_values)
         rows = input_ids.shape[0]
-        group = self.config.max_prompts_per_pass or rows
+        group = self.config.max_prompts_per_pass or self._default_rows_per_pass(pixel_values, rows)
         if image_index is None and group >= rows:
             return self._fuse(backbone_features, vision_features, input_ids, attention_mask, token_type_ids,
                               output_hidden_states)
@@ -263,6 +265,15 @@ class GlipModel(GlipPreTrainedModel):
                 None if token_type_ids is None else token_type_ids[start : start + group], output_hidden_states,
             ))
         return outputs[0] if len(outputs) == 1 else _concatenate_rows(outputs)
+
+    @staticmethod
+    def _default_rows_per_pass(pixel_values: torch.Tensor, rows: int) -> int:
+        """All rows on accelerators. On CPUs, as many rows as make CPU_PIXELS_PER_PASS: large maps run faster a
+        few at a time (caches: four 800x800 COCO rows take 16.5 s one by one against 23.5 s at once), while small
+        inputs are bound by per-operation overhead and run faster together."""
+        if pixel_values.device.type != "cpu":
+            return rows
+        return max(1, CPU_PIXELS_PER_PASS // (pixel_values.shape[-2] * pixel_values.shape[-1]))
 
     def _fuse(self, backbone_features, vision_features, input_ids, attention_mask, token_type_ids,
               output_hidden_states) -> GlipModelOutput:
