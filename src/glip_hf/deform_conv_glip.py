@@ -51,7 +51,10 @@ def deform_conv2d_sampled(x, offset, mask, weight, bias, stride: int = 1, paddin
     out_h, out_w = offset.shape[-2:]
     grid = _sampling_grid(offset, x.shape[-2:], stride, padding)
     sampled = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
-    sampled = sampled.view(batch, channels, KERNEL_SIZE * KERNEL_SIZE, out_h, out_w) * mask.unsqueeze(1)
+    sampled = sampled.view(batch, channels, KERNEL_SIZE * KERNEL_SIZE, out_h, out_w)
+    # In place where autograd keeps no copy of the samples: a fresh buffer this large costs more than the multiply.
+    needs_grad = torch.is_grad_enabled() and (sampled.requires_grad or mask.requires_grad)
+    sampled = sampled * mask.unsqueeze(1) if needs_grad else sampled.mul_(mask.unsqueeze(1))
     columns = sampled.reshape(batch, channels * KERNEL_SIZE * KERNEL_SIZE, out_h * out_w)
     return columns_times_weight(columns, weight, bias, (out_h, out_w), matmul_dtype or x.dtype, x.dtype)
 
