@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from common import (
     COCO_NAMES,
+    add_fusion_attention_argument,
     device_description,
     glip_tiny,
     grounding_dino_tiny,
@@ -27,8 +28,6 @@ from common import (
     timed,
     write_results,
 )
-
-from glip_hf.modeling_glip import FUSION_ATTENTION_IMPLEMENTATIONS
 
 
 # Grounding DINO's processor takes the caption itself; GLIP's builds the same "a. b. c." prompt from the names.
@@ -165,10 +164,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="also time GLIP-T under torch.compile")
-    parser.add_argument("--fusion-attention", default="auto", choices=FUSION_ATTENTION_IMPLEMENTATIONS,
-                        help="GLIP-T's cross-attention (auto: folded on CPU, sdpa on CUDA)")
+    add_fusion_attention_argument(parser)
     parser.add_argument("--prompts-per-pass", type=int, default=None,
-                        help="GLIP-T's config.max_prompts_per_pass (default: one row per pass on CPU, all on CUDA)")
+                        help="GLIP-T's config.max_prompts_per_pass (default None: the model's rule, rows making "
+                             "512x512 pixels per pass on CPU, all rows on CUDA)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/inference.json"))
     args = parser.parse_args(argv)
     height, width = parse_size(args.size)

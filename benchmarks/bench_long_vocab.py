@@ -14,9 +14,7 @@ import itertools
 from pathlib import Path
 
 import torch
-from common import device_description, glip_tiny, test_image_tensor, timed, write_results
-
-from glip_hf.modeling_glip import FUSION_ATTENTION_IMPLEMENTATIONS
+from common import add_fusion_attention_argument, device_description, glip_tiny, test_image_tensor, timed, write_results
 
 ADJECTIVES = ["red", "blue", "green", "small", "large", "old", "new", "wooden", "metal", "plastic", "striped",
               "round", "square", "tall", "short", "bright", "dark", "heavy", "light", "soft", "hard", "wet", "dry",
@@ -41,10 +39,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--prompts-per-pass", type=int, default=None,
-                        help="config.max_prompts_per_pass for the chunked path (default: the model's, one chunk "
-                             "at a time on CPU and all at once elsewhere)")
-    parser.add_argument("--fusion-attention", default="auto", choices=FUSION_ATTENTION_IMPLEMENTATIONS,
-                        help="the cross-attention (auto: folded on CPU, sdpa on CUDA)")
+                        help="config.max_prompts_per_pass for the chunked path (default None: the model's rule, "
+                             "one chunk at a time on CPU at this size, all at once on CUDA)")
+    add_fusion_attention_argument(parser)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/long_vocab.json"))
     args = parser.parse_args(argv)
     model, processor = glip_tiny(args.device)

@@ -12,9 +12,16 @@ from pathlib import Path
 
 import torch
 from bench_inference import parse_size, peak_memory_gib
-from common import COCO_NAMES, device_description, glip_tiny, grounding_dino_tiny, test_image, timed, write_results
-
-from glip_hf.modeling_glip import FUSION_ATTENTION_IMPLEMENTATIONS
+from common import (
+    COCO_NAMES,
+    add_fusion_attention_argument,
+    device_description,
+    glip_tiny,
+    grounding_dino_tiny,
+    test_image,
+    timed,
+    write_results,
+)
 
 
 def training_step(model, batch, labels, device, bf16):
@@ -56,8 +63,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing on both models")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--glip-only", action="store_true")
-    parser.add_argument("--fusion-attention", default="auto", choices=FUSION_ATTENTION_IMPLEMENTATIONS,
-                        help="GLIP-T's cross-attention (auto: folded on CPU, sdpa on CUDA)")
+    add_fusion_attention_argument(parser)
     parser.add_argument("--output", type=Path, default=Path("results/training.json"))
     args = parser.parse_args(argv)
     height, width = parse_size(args.size)

@@ -74,6 +74,14 @@ def grounding_dino_tiny(device: str):
     return model, GroundingDinoProcessor(GroundingDinoImageProcessor(), load_tokenizer())
 
 
+def add_fusion_attention_argument(parser) -> None:
+    """`--fusion-attention`: GLIP-T's cross-attention form, passed to `set_fusion_attention`."""
+    from glip_hf.modeling_glip import FUSION_ATTENTION_IMPLEMENTATIONS
+
+    parser.add_argument("--fusion-attention", default="auto", choices=FUSION_ATTENTION_IMPLEMENTATIONS,
+                        help="GLIP-T's cross-attention (auto: folded on CPU, sdpa on CUDA)")
+
+
 def timed(function, repeats: int, warmup: int, device: str) -> dict:
     """Median / min seconds of `function()` over `repeats` runs after `warmup` runs."""
     for _ in range(warmup):

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import torch
 from bench_inference import parse_size
-from common import COCO_NAMES, glip_tiny, test_image_tensor, timed
-
-from glip_hf.modeling_glip import FUSION_ATTENTION_IMPLEMENTATIONS
+from common import COCO_NAMES, add_fusion_attention_argument, glip_tiny, test_image_tensor, timed
 
 
 class HostEvent:
@@ -156,7 +154,7 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--output-dir", type=Path, default=None)
-    parser.add_argument("--fusion-attention", default="auto", choices=FUSION_ATTENTION_IMPLEMENTATIONS)
+    add_fusion_attention_argument(parser)
     args = parser.parse_args(argv)
     height, width = parse_size(args.size)
     autocast = dict(device_type=args.device, dtype=torch.bfloat16, enabled=args.bf16)

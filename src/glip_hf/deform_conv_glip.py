@@ -43,6 +43,11 @@ def _sampling_grid(offset: torch.Tensor, input_size, stride: int, padding: int) 
     return grid.reshape(batch, -1, out_w, 2)
 
 
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will record an operation on these tensors."""
+    return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
+
+
 def deform_conv2d_sampled(x, offset, mask, weight, bias, stride: int = 1, padding: int = 1,
                           matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Same result as `torchvision.ops.deform_conv2d(x, offset, weight, bias, stride, padding, mask=mask)` for 3x3
@@ -53,8 +58,7 @@ def deform_conv2d_sampled(x, offset, mask, weight, bias, stride: int = 1, paddin
     sampled = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
     sampled = sampled.view(batch, channels, KERNEL_SIZE * KERNEL_SIZE, out_h, out_w)
     # In place where autograd keeps no copy of the samples: a fresh buffer this large costs more than the multiply.
-    needs_grad = torch.is_grad_enabled() and (sampled.requires_grad or mask.requires_grad)
-    sampled = sampled * mask.unsqueeze(1) if needs_grad else sampled.mul_(mask.unsqueeze(1))
+    sampled = sampled * mask.unsqueeze(1) if needs_grad(sampled, mask) else sampled.mul_(mask.unsqueeze(1))
     columns = sampled.reshape(batch, channels * KERNEL_SIZE * KERNEL_SIZE, out_h * out_w)
     return columns_times_weight(columns, weight, bias, (out_h, out_w), matmul_dtype or x.dtype, x.dtype)
 
@@ -87,16 +91,13 @@ class ModulatedDeformConv2d(nn.Module):
         # precision): sampling runs in float32 under autocast / bf16; see the module docstring for the product.
         reduced = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
-            if on_cuda and triton_available(x) and not self._needs_grad(x, offset, mask):
+            if on_cuda and triton_available(x) and not needs_grad(x, offset, mask, self.weight, self.bias):
                 columns = deform_im2col(x, offset, mask, self.stride, 1, reduced)
                 out = columns_times_weight(columns, self.weight, self.bias, offset.shape[-2:], reduced, reduced)
             else:
                 out = deform_conv2d_sampled(x.float(), offset.float(), mask.float(), self.weight.float(),
                                             self.bias.float(), self.stride, matmul_dtype=reduced if on_cuda else None)
         return out.to(x.dtype)
-
-    def _needs_grad(self, *inputs) -> bool:
-        return torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, self.weight, self.bias))
 
 
 def _torchvision_deform_conv(x, offset, mask, weight, bias, stride):

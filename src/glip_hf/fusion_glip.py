@@ -139,8 +139,8 @@ class GlipBiAttention(nn.Module):
         # A probability row sums to 1, which carries the value bias through the pooling; after dropout, its sum.
         value_bias = self.vision_value_proj.bias.view(self.num_heads, self.head_dim)
         if dropout > 0:
-            value_bias = (weights.sum(dim=1) / normaliser.squeeze(-1)).unflatten(1, (self.num_heads, -1))
-            value_bias = value_bias.transpose(1, 2).unsqueeze(-1) * self.vision_value_proj.bias.view(self.num_heads, -1)
+            row_sums = (weights.sum(dim=1) / normaliser.squeeze(-1)).unflatten(1, (self.num_heads, -1))  # (B, H, T)
+            value_bias = row_sums.transpose(1, 2).unsqueeze(-1) * value_bias  # (B, T, H, d)
         return self.text_out_proj((text_context + value_bias).flatten(2))
 
     def _eager_contexts(self, query, key, vision_values, text_values, mask_bias, dropout):
