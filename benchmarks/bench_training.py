@@ -37,12 +37,18 @@ def training_step(model, batch, labels, device, bf16):
     return step
 
 
-def glip_step(model, processor, images, device, bf16):
+def glip_batch(processor, images, device):
+    """GLIP-T's training inputs (10 COCO names as the prompt) and labels (one box per image)."""
     inputs = processor(images=images, text=[COCO_NAMES[:10]] * len(images))
     height, width = inputs["pixel_values"].shape[-2:]
     labels = [{"boxes": torch.tensor([[0.1 * width, 0.1 * height, 0.5 * width, 0.6 * height]], device=device),
                "token_map": inputs["token_maps"][i][:1].to(device)} for i in range(len(images))]
     batch = {k: inputs[k].to(device) for k in ("pixel_values", "input_ids", "attention_mask")}
+    return batch, labels
+
+
+def glip_step(model, processor, images, device, bf16):
+    batch, labels = glip_batch(processor, images, device)
     return training_step(model, batch, labels, device, bf16)
 
 

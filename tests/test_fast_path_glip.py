@@ -205,7 +205,7 @@ def test_cpu_default_groups_prompt_rows_by_image_size(monkeypatch):
 TRITON_CHECK = """
 import torch
 from torchvision.ops import deform_conv2d
-from glip_hf.deform_conv_glip import columns_times_weight
+from glip_hf.deform_conv_glip import RecomputedSamplingDeformConv, _triton_columns, columns_times_weight
 from glip_hf.deform_im2col_triton import deform_im2col
 torch.manual_seed(0)
 # (batch, channels, height, width, stride, out height, out width): odd sizes, channels not a multiple of the block,
@@ -217,12 +217,22 @@ for b, c, h, w, stride, oh, ow in [(2, 40, 9, 11, 1, 9, 11), (1, 33, 12, 10, 2, 
     out = columns_times_weight(columns, weight, bias, (oh, ow), torch.float32, torch.float32)
     expected = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+    # Training on CUDA: the kernel samples in the forward, grid_sample again in the backward.
+    tensors = [t.requires_grad_() for t in (x, offset, mask, weight, bias)]
+    trained = RecomputedSamplingDeformConv.apply(*tensors, stride, torch.float32, _triton_columns)
+    projection = torch.randn(trained.shape)
+    grads = torch.autograd.grad((trained * projection).sum(), tensors)
+    expected = deform_conv2d(*tensors[:2], weight, bias, stride=stride, padding=1, mask=mask)
+    torch.testing.assert_close(trained, expected, atol=1e-4, rtol=1e-4)
+    for grad, reference in zip(grads, torch.autograd.grad((expected * projection).sum(), tensors)):
+        torch.testing.assert_close(grad, reference, atol=1e-3, rtol=1e-3)
 print("ok")
 """
 
 
 def test_triton_deformable_sampling_kernel_matches_torchvision_in_the_interpreter():
-    """The GPU kernel's logic, run by Triton's CPU interpreter (the CUDA run itself is the next test)."""
+    """The GPU kernel's logic, run by Triton's CPU interpreter (the CUDA run itself is the next test), alone and
+    as the forward of the training conv."""
     pytest.importorskip("triton")
     import subprocess
     import sys
@@ -247,9 +257,13 @@ def test_bf16_deformable_conv_on_cuda_matches_float32():
             fast = conv(x, offset, mask)  # the Triton sampling + bf16 product
     assert fast.dtype == torch.float32 and fast.shape == reference.shape
     assert ((fast - reference).norm() / reference.norm()) < 1e-2
-    x.requires_grad_(True)
+    tensors = [t.requires_grad_() for t in (x, offset, mask, conv.weight, conv.bias)]
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        trained = conv(x, offset, mask)  # the grid_sample form, which has a backward
-    trained.float().sum().backward()
+        trained = conv(x, offset, mask)  # the training conv: Triton sampling, grid_sample again in the backward
     assert ((trained.detach().float() - reference).norm() / reference.norm()) < 1e-2
-    assert torch.isfinite(x.grad).all()
+    projection = torch.randn(trained.shape, device="cuda")
+    grads = torch.autograd.grad((trained.float() * projection).sum(), tensors)
+    reference_grads = torch.autograd.grad((conv(x, offset, mask) * projection).sum(), tensors)  # float32 kernel
+    for grad, reference_grad in zip(grads, reference_grads):
+        assert grad.dtype == torch.float32
+        assert ((grad - reference_grad).norm() / reference_grad.norm()) < 2e-2

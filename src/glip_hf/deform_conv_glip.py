@@ -9,6 +9,10 @@ Under autocast the sampling always runs in float32: positions such as 150.3 px a
 On CUDA the matrix product then runs in the autocast dtype, as autocast does for an ordinary convolution (it is
 most of the deformable conv's arithmetic, and torchvision's kernel would keep it in float32); at inference the
 sampling there is one Triton kernel that writes the columns in that dtype (`deform_im2col_triton`).
+
+In training the samples are not kept for the backward (`RecomputedSamplingDeformConv`): autograd through
+`grid_sample` would keep the float32 samples and the masked columns, 9x the input each, which was 45% of all that a
+GLIP-T training step keeps. The backward samples again, from the kept input, offsets and mask.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torchvision.ops import deform_conv2d
 
 # Imported by name (not `from . import`): transformers' remote code copies the modules found in such lines.
@@ -48,10 +53,9 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
 
 
-def deform_conv2d_sampled(x, offset, mask, weight, bias, stride: int = 1, padding: int = 1,
-                          matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Same result as `torchvision.ops.deform_conv2d(x, offset, weight, bias, stride, padding, mask=mask)` for 3x3
-    kernels, through `grid_sample` and one matrix product per image (in `matmul_dtype` when given, else x's)."""
+def sampled_columns(x, offset, mask, stride: int = 1, padding: int = 1) -> torch.Tensor:
+    """The im2col columns (B, C*9, Ho*Wo) of the deformable conv, in x's dtype: column c*9 + k holds channel c
+    sampled bilinearly at tap k (row-major 3x3), times the tap's mask."""
     batch, channels = x.shape[:2]
     out_h, out_w = offset.shape[-2:]
     grid = _sampling_grid(offset, x.shape[-2:], stride, padding)
@@ -59,8 +63,15 @@ def deform_conv2d_sampled(x, offset, mask, weight, bias, stride: int = 1, paddin
     sampled = sampled.view(batch, channels, KERNEL_SIZE * KERNEL_SIZE, out_h, out_w)
     # In place where autograd keeps no copy of the samples: a fresh buffer this large costs more than the multiply.
     sampled = sampled * mask.unsqueeze(1) if needs_grad(sampled, mask) else sampled.mul_(mask.unsqueeze(1))
-    columns = sampled.reshape(batch, channels * KERNEL_SIZE * KERNEL_SIZE, out_h * out_w)
-    return columns_times_weight(columns, weight, bias, (out_h, out_w), matmul_dtype or x.dtype, x.dtype)
+    return sampled.reshape(batch, channels * KERNEL_SIZE * KERNEL_SIZE, out_h * out_w)
+
+
+def deform_conv2d_sampled(x, offset, mask, weight, bias, stride: int = 1, padding: int = 1,
+                          matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Same result as `torchvision.ops.deform_conv2d(x, offset, weight, bias, stride, padding, mask=mask)` for 3x3
+    kernels, through `grid_sample` and one matrix product per image (in `matmul_dtype` when given, else x's)."""
+    columns = sampled_columns(x, offset, mask, stride, padding)
+    return columns_times_weight(columns, weight, bias, offset.shape[-2:], matmul_dtype or x.dtype, x.dtype)
 
 
 def columns_times_weight(columns, weight, bias, out_size, matmul_dtype, out_dtype) -> torch.Tensor:
@@ -85,23 +96,84 @@ class ModulatedDeformConv2d(nn.Module):
         on_cuda = x.is_cuda
         autocast = torch.is_autocast_enabled(x.device.type)
         if x.dtype in (torch.float32, torch.float64) and not autocast:
-            operation = _torchvision_deform_conv if on_cuda else deform_conv2d_sampled
-            return operation(x, offset, mask, self.weight, self.bias, self.stride)
+            if on_cuda:
+                return _torchvision_deform_conv(x, offset, mask, self.weight, self.bias, self.stride)
+            return _sampled_deform_conv(x, offset, mask, self.weight, self.bias, self.stride, x.dtype)
         # Sampling positions are sensitive to rounding (and torchvision's kernel has no autocast rule for reduced
         # precision): sampling runs in float32 under autocast / bf16; see the module docstring for the product.
         reduced = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
-            if on_cuda and triton_available(x) and not needs_grad(x, offset, mask, self.weight, self.bias):
-                columns = deform_im2col(x, offset, mask, self.stride, 1, reduced)
-                out = columns_times_weight(columns, self.weight, self.bias, offset.shape[-2:], reduced, reduced)
-            else:
-                out = deform_conv2d_sampled(x.float(), offset.float(), mask.float(), self.weight.float(),
-                                            self.bias.float(), self.stride, matmul_dtype=reduced if on_cuda else None)
+            out = _sampled_deform_conv(x.float(), offset.float(), mask.float(), self.weight.float(),
+                                       self.bias.float(), self.stride, reduced if on_cuda else torch.float32)
         return out.to(x.dtype)
+
+
+def _sampled_deform_conv(x, offset, mask, weight, bias, stride, matmul_dtype):
+    """The deformable conv as sampling (Triton on CUDA, else `grid_sample`) + product in `matmul_dtype`; its
+    output is in `matmul_dtype`."""
+    im2col = _triton_columns if triton_available(x) else _grid_sample_columns
+    if needs_grad(x, offset, mask, weight, bias):
+        return RecomputedSamplingDeformConv.apply(x, offset, mask, weight, bias, stride, matmul_dtype, im2col)
+    columns = im2col(x, offset, mask, stride, matmul_dtype)
+    return columns_times_weight(columns, weight, bias, offset.shape[-2:], matmul_dtype, matmul_dtype)
+
+
+def _triton_columns(x, offset, mask, stride, dtype):
+    return deform_im2col(x, offset, mask, stride, 1, dtype)
+
+
+def _grid_sample_columns(x, offset, mask, stride, dtype):
+    return sampled_columns(x, offset, mask, stride)  # in x's dtype: the product casts (on CUDA without Triton)
+
+
+class RecomputedSamplingDeformConv(torch.autograd.Function):
+    """Deformable conv for training that keeps only its inputs: the backward samples again.
+
+    The forward samples with `im2col(x, offset, mask, stride, matmul_dtype)` and multiplies by the weight in
+    `matmul_dtype`. The backward rebuilds the float32 columns through `grid_sample` with autograd (for the weight's
+    gradient and, through `torch.autograd.grad`, the gradients of x, offset and mask), one conv at a time.
+    """
+
+    @staticmethod
+    def forward(ctx, x, offset, mask, weight, bias, stride, matmul_dtype, im2col):
+        ctx.save_for_backward(x, offset, mask, weight)
+        ctx.stride, ctx.matmul_dtype = stride, matmul_dtype
+        columns = im2col(x, offset, mask, stride, matmul_dtype)
+        return columns_times_weight(columns, weight, bias, offset.shape[-2:], matmul_dtype, matmul_dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        x, offset, mask, weight = ctx.saved_tensors
+        wants_input, wants_weight, wants_bias = ctx.needs_input_grad[:3], *ctx.needs_input_grad[3:5]
+        batch, out_channels = grad_output.shape[:2]
+        grad_output = grad_output.reshape(batch, out_channels, -1).to(ctx.matmul_dtype)
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(wanted) for t, wanted in zip((x, offset, mask), wants_input)]
+            columns = sampled_columns(*inputs, ctx.stride)
+        grad_weight = grad_bias = None
+        if wants_weight:
+            per_image = grad_output @ columns.detach().to(ctx.matmul_dtype).transpose(1, 2)
+            grad_weight = per_image.sum(0).view_as(weight).to(weight.dtype)
+        if wants_bias:
+            grad_bias = grad_output.sum((0, 2)).to(weight.dtype)
+        grad_inputs = [None, None, None]
+        if any(wants_input):
+            grad_columns = weight.reshape(out_channels, -1).to(ctx.matmul_dtype).t() @ grad_output
+            wanted = [t for t in inputs if t.requires_grad]
+            grads = iter(torch.autograd.grad(columns, wanted, grad_columns.to(columns.dtype)))
+            grad_inputs = [next(grads) if t.requires_grad else None for t in inputs]
+        return (*grad_inputs, grad_weight, grad_bias, None, None, None)
 
 
 def _torchvision_deform_conv(x, offset, mask, weight, bias, stride):
     return deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
 
 
-__all__ = ["ModulatedDeformConv2d", "columns_times_weight", "deform_conv2d_sampled"]
+__all__ = [
+    "ModulatedDeformConv2d",
+    "RecomputedSamplingDeformConv",
+    "columns_times_weight",
+    "deform_conv2d_sampled",
+    "sampled_columns",
+]

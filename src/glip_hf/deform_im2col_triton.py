@@ -4,7 +4,8 @@ It writes the im2col columns (B, C*9, Ho*Wo) directly in the matrix product's dt
 and the mask folded in, computing positions in float32. Compared with `grid_sample` + mask product + cast, this
 is one pass that writes half the bytes, and the only memory-bound part of the deformable conv on a GPU.
 
-It has no backward: `ModulatedDeformConv2d` uses it only when no gradient is needed.
+It has no backward of its own: in training it is the forward of `RecomputedSamplingDeformConv`, whose backward
+samples again through `grid_sample` with autograd.
 """
 
 from __future__ import annotations
