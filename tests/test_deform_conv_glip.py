@@ -9,8 +9,9 @@ from torchvision.ops import deform_conv2d
 
 from glip_hf.deform_conv_glip import ModulatedDeformConv2d, _sampled_deform_conv, deform_conv2d_sampled
 
-# (batch, channels, height, width, stride): odd sizes, and stride 2 as in the finer level's conv.
-CASES = [(2, 6, 9, 11, 1), (1, 5, 12, 10, 2)]
+# (batch, channels, height, width, stride): odd sizes, stride 2 as in the finer level's conv, and channels that the
+# CPU samples in groups (48: 3 groups of 16).
+CASES = [(2, 6, 9, 11, 1), (1, 5, 12, 10, 2), (2, 48, 7, 8, 2)]
 OUT_CHANNELS = 4
 
 
@@ -50,6 +51,8 @@ def test_training_conv_matches_torchvision_forward_and_backward(case):
     out = conv(x, offset, mask)
     expected = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
     torch.testing.assert_close(out, expected)
+    with torch.no_grad():  # inference: no recompute, the mask multiplied in place
+        torch.testing.assert_close(conv(x, offset, mask), expected)
     ours = _gradients(out, (x, offset, mask, conv.weight, conv.bias))
     theirs = _gradients(expected, (x, offset, mask, weight, bias))
     for name, actual, reference in zip(("x", "offset", "mask", "weight", "bias"), ours, theirs):
