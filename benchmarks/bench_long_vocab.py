@@ -3,6 +3,7 @@
 Chunked path (ours): one processor call splits the names into prompts of at most `--chunk-names` names, the vision
 tower runs once and the chunks go through the fusion head as one batch, or in groups of `--prompts-per-pass`.
 Baseline (the original's LVIS evaluation): the full model runs once per chunk of the same size.
+Runs of the two alternate, so that a slow spell of a noisy machine falls on both.
 
     python benchmarks/bench_long_vocab.py [--device cpu] [--size 512] [--chunk-names 40]
 """
@@ -14,7 +15,14 @@ import itertools
 from pathlib import Path
 
 import torch
-from common import add_fusion_attention_argument, device_description, glip_tiny, test_image_tensor, timed, write_results
+from common import (
+    add_fusion_attention_argument,
+    device_description,
+    glip_tiny,
+    test_image_tensor,
+    timed_alternately,
+    write_results,
+)
 
 ADJECTIVES = ["red", "blue", "green", "small", "large", "old", "new", "wooden", "metal", "plastic", "striped",
               "round", "square", "tall", "short", "bright", "dark", "heavy", "light", "soft", "hard", "wet", "dry",
@@ -70,8 +78,8 @@ def main(argv=None) -> dict:
             with torch.no_grad(), torch.autocast(**autocast):
                 model(**inputs)
 
-    timing_ours = timed(ours, args.repeats, args.warmup, args.device)
-    timing_baseline = timed(baseline, args.repeats, args.warmup, args.device)
+    timings = timed_alternately({"ours": ours, "baseline": baseline}, args.repeats, args.warmup, args.device)
+    timing_ours, timing_baseline = timings["ours"], timings["baseline"]
     results = {"device": device_description(args.device), "image": args.size, "names": len(NAMES),
                "chunks": len(chunks), "chunk_names": args.chunk_names,
                "prompts_per_pass": args.prompts_per_pass, "fusion_attention": args.fusion_attention, "precision": "bf16 autocast" if args.bf16 else "fp32",

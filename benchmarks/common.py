@@ -98,6 +98,20 @@ def timed(function, repeats: int, warmup: int, device: str) -> dict:
     return {"median_s": statistics.median(seconds), "min_s": min(seconds), "runs": repeats}
 
 
+def timed_alternately(functions: dict, repeats: int, warmup: int, device: str) -> dict:
+    """`timed` for several functions whose runs alternate (a, b, a, b, ...): on a noisy machine a slow spell then
+    falls on all of them, so their ratio holds better than with all runs of one after all of the other."""
+    for _ in range(warmup):
+        for function in functions.values():
+            function()
+    seconds = {name: [] for name in functions}
+    for _ in range(repeats):
+        for name, function in functions.items():
+            seconds[name].append(timed(function, 1, 0, device)["median_s"])
+    return {name: {"median_s": statistics.median(values), "min_s": min(values), "runs": repeats, "seconds": values}
+            for name, values in seconds.items()}
+
+
 def write_results(path: Path, results: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=float))
