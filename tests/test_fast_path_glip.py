@@ -41,6 +41,26 @@ def test_dyhead_layers_and_head_compile_without_graph_breaks():
             torch.testing.assert_close(compiled, eager)
 
 
+def test_a_dyhead_layer_trains_under_compile_without_graph_breaks():
+    """Forward and backward traced whole (aot_eager traces the backward too), deformable convs included, with
+    eager's gradients."""
+    model = _model()
+    inputs = tiny_inputs(2, 256, 256, 8)
+    layer = model.model.layers[0]  # eval: no dropout, so both runs compute the same thing; gradients still flow
+    with torch.no_grad():
+        vision = model.model.vision_backbone(inputs["pixel_values"])[1]
+        text, _ = model.model.encode_text(inputs["input_ids"], inputs["attention_mask"])
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    gradients = []
+    for run in (layer, compiled):
+        leaves = [v.clone().requires_grad_() for v in vision]
+        outputs = run(text, inputs["attention_mask"], *leaves)
+        weights = [layer.dyconv.conv_same.conv.weight, layer.dyconv.conv_from_finer.conv.weight]
+        gradients.append(torch.autograd.grad(sum(o.square().sum() for o in outputs), leaves + weights))
+    for eager, traced in zip(*gradients):
+        torch.testing.assert_close(traced, eager, atol=1e-5, rtol=1e-4)
+
+
 def test_the_whole_model_runs_under_torch_compile():
     """torch.compile(model) as a user writes it (graph breaks allowed in the transformers towers) gives eager's
     outputs, for a batch with prompts of different lengths."""

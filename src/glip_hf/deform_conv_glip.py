@@ -65,21 +65,36 @@ def _cpu_channel_groups(channels: int) -> int:
     return channels // CPU_CHANNELS_PER_GROUP if channels % CPU_CHANNELS_PER_GROUP == 0 else 1
 
 
-def sampled_columns(x, offset, mask, stride: int = 1, padding: int = 1) -> torch.Tensor:
-    """The im2col columns (B, C*9, Ho*Wo) of the deformable conv, in x's dtype: column c*9 + k holds channel c
-    sampled bilinearly at tap k (row-major 3x3), times the tap's mask."""
+def _grid_sample_operands(x, offset, stride: int, padding: int):
+    """x and the sampling grid as `grid_sample` takes them: on a CPU, the channels in groups as separate images.
+
+    Returns x (B*G, C/G, H, W), grid (B*G, K*Ho, Wo, 2) and the number of groups G.
+    """
     batch, channels = x.shape[:2]
-    out_h, out_w = offset.shape[-2:]
-    grid = _sampling_grid(offset, x.shape[-2:], stride, padding)
+    grid = _sampling_grid(offset, x.shape[-2:], stride, padding).to(x.dtype)
     groups = 1 if x.is_cuda else _cpu_channel_groups(channels)
     if groups > 1:
         x = x.reshape(batch * groups, channels // groups, *x.shape[-2:])
         grid = grid.repeat_interleave(groups, dim=0)
-    sampled = F.grid_sample(x, grid.to(x.dtype), mode="bilinear", padding_mode="zeros", align_corners=False)
-    sampled = sampled.view(batch, channels, KERNEL_SIZE * KERNEL_SIZE, out_h, out_w)
+    return x, grid, groups
+
+
+def _bilinear_samples(x, offset, stride: int, padding: int) -> torch.Tensor:
+    """x (B, C, H, W) sampled at every tap of every output: (B, C, K, Ho, Wo), before the mask."""
+    batch, channels = x.shape[:2]
+    grouped_x, grid, _ = _grid_sample_operands(x, offset, stride, padding)
+    sampled = F.grid_sample(grouped_x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return sampled.view(batch, channels, KERNEL_SIZE * KERNEL_SIZE, *offset.shape[-2:])
+
+
+def sampled_columns(x, offset, mask, stride: int = 1, padding: int = 1) -> torch.Tensor:
+    """The im2col columns (B, C*9, Ho*Wo) of the deformable conv, in x's dtype: column c*9 + k holds channel c
+    sampled bilinearly at tap k (row-major 3x3), times the tap's mask."""
+    batch, channels = x.shape[:2]
+    sampled = _bilinear_samples(x, offset, stride, padding)
     # In place where autograd keeps no copy of the samples: a fresh buffer this large costs more than the multiply.
     sampled = sampled * mask.unsqueeze(1) if needs_grad(sampled, mask) else sampled.mul_(mask.unsqueeze(1))
-    return sampled.reshape(batch, channels * KERNEL_SIZE * KERNEL_SIZE, out_h * out_w)
+    return sampled.reshape(batch, channels * KERNEL_SIZE * KERNEL_SIZE, -1)
 
 
 def deform_conv2d_sampled(x, offset, mask, weight, bias, stride: int = 1, padding: int = 1,
@@ -146,8 +161,9 @@ class RecomputedSamplingDeformConv(torch.autograd.Function):
     """Deformable conv for training that keeps only its inputs: the backward samples again.
 
     The forward samples with `im2col(x, offset, mask, stride, matmul_dtype)` and multiplies by the weight in
-    `matmul_dtype`. The backward rebuilds the float32 columns through `grid_sample` with autograd (for the weight's
-    gradient and, through `torch.autograd.grad`, the gradients of x, offset and mask), one conv at a time.
+    `matmul_dtype`. The backward samples again through `grid_sample` in the inputs' dtype (float32 under autocast)
+    for the weight's gradient, and calls `grid_sample`'s own backward for those of x and the offsets, one conv at a
+    time. It spells the chain rule out rather than calling `torch.autograd.grad`, which `torch.compile` cannot trace.
     """
 
     @staticmethod
@@ -161,25 +177,43 @@ class RecomputedSamplingDeformConv(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_output):
         x, offset, mask, weight = ctx.saved_tensors
-        wants_input, wants_weight, wants_bias = ctx.needs_input_grad[:3], *ctx.needs_input_grad[3:5]
+        wants_x, wants_offset, wants_mask, wants_weight, wants_bias = ctx.needs_input_grad[:5]
         batch, out_channels = grad_output.shape[:2]
         grad_output = grad_output.reshape(batch, out_channels, -1).to(ctx.matmul_dtype)
-        with torch.enable_grad():
-            inputs = [t.detach().requires_grad_(wanted) for t, wanted in zip((x, offset, mask), wants_input)]
-            columns = sampled_columns(*inputs, ctx.stride)
-        grad_weight = grad_bias = None
+        samples = _bilinear_samples(x, offset, ctx.stride, 1)  # (B, C, K, Ho, Wo)
+        grad_weight = grad_bias = grad_x = grad_offset = grad_mask = None
         if wants_weight:
-            per_image = grad_output @ columns.detach().to(ctx.matmul_dtype).transpose(1, 2)
-            grad_weight = per_image.sum(0).view_as(weight).to(weight.dtype)
+            columns = (samples * mask.unsqueeze(1)).flatten(1, 2).flatten(2).to(ctx.matmul_dtype)
+            grad_weight = (grad_output @ columns.transpose(1, 2)).sum(0).view_as(weight).to(weight.dtype)
         if wants_bias:
             grad_bias = grad_output.sum((0, 2)).to(weight.dtype)
-        grad_inputs = [None, None, None]
-        if any(wants_input):
+        if wants_x or wants_offset or wants_mask:
             grad_columns = weight.reshape(out_channels, -1).to(ctx.matmul_dtype).t() @ grad_output
-            wanted = [t for t in inputs if t.requires_grad]
-            grads = iter(torch.autograd.grad(columns, wanted, grad_columns.to(columns.dtype)))
-            grad_inputs = [next(grads) if t.requires_grad else None for t in inputs]
-        return (*grad_inputs, grad_weight, grad_bias, None, None, None)
+            grad_samples = grad_columns.to(x.dtype).view_as(samples)
+            if wants_mask:
+                grad_mask = (grad_samples * samples).sum(1)
+            grad_samples = grad_samples.mul_(mask.unsqueeze(1))
+            if wants_x or wants_offset:
+                grad_x, grad_offset = _grid_sample_backward(grad_samples, x, offset, ctx.stride, wants_x, wants_offset)
+        return grad_x, grad_offset, grad_mask, grad_weight, grad_bias, None, None, None
+
+
+def _grid_sample_backward(grad_samples, x, offset, stride: int, wants_x: bool, wants_offset: bool):
+    """Gradients of x and of the offsets from those of the (B, C, K, Ho, Wo) bilinear samples."""
+    batch, channels, taps, out_h, out_w = grad_samples.shape
+    grouped_x, grid, groups = _grid_sample_operands(x, offset, stride, 1)
+    grad_grouped = grad_samples.reshape(batch * groups, channels // groups, taps * out_h, out_w)
+    # aten's backward of grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False): modes 0 and 0.
+    grad_x, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+        grad_grouped, grouped_x, grid, 0, 0, False, [wants_x, wants_offset])
+    grad_offset = None
+    if wants_offset:
+        # The grid holds ((2x + 1) / W - 1, (2y + 1) / H - 1), offsets (dy, dx) per tap: d grid / d offset = 2 / size.
+        grad_grid = grad_grid.view(batch, groups, taps, out_h, out_w, 2).sum(1)
+        height, width = x.shape[-2:]
+        grad_offset = torch.stack((grad_grid[..., 1] * (2 / height), grad_grid[..., 0] * (2 / width)), dim=2)
+        grad_offset = grad_offset.reshape(batch, 2 * taps, out_h, out_w)
+    return (grad_x.view_as(x) if wants_x else None), grad_offset
 
 
 def _torchvision_deform_conv(x, offset, mask, weight, bias, stride):
