@@ -82,7 +82,8 @@ def main(argv=None) -> dict:
     timing_ours, timing_baseline = timings["ours"], timings["baseline"]
     results = {"device": device_description(args.device), "image": args.size, "names": len(NAMES),
                "chunks": len(chunks), "chunk_names": args.chunk_names,
-               "prompts_per_pass": args.prompts_per_pass, "fusion_attention": args.fusion_attention, "precision": "bf16 autocast" if args.bf16 else "fp32",
+               "prompts_per_pass": args.prompts_per_pass, "fusion_attention": args.fusion_attention,
+               "precision": "bf16 autocast" if args.bf16 else "fp32",
                "chunked_vision_once_s": timing_ours,
                "full_model_per_chunk_s": timing_baseline,
                "speedup": timing_baseline["median_s"] / timing_ours["median_s"]}

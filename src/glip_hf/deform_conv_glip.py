@@ -79,19 +79,20 @@ def _grid_sample_operands(x, offset, stride: int, padding: int):
     return x, grid, groups
 
 
-def _bilinear_samples(x, offset, stride: int, padding: int) -> torch.Tensor:
-    """x (B, C, H, W) sampled at every tap of every output: (B, C, K, Ho, Wo), before the mask."""
-    batch, channels = x.shape[:2]
-    grouped_x, grid, _ = _grid_sample_operands(x, offset, stride, padding)
+def _bilinear_samples(grouped_x, grid, batch: int, channels: int) -> torch.Tensor:
+    """The input sampled at every tap of every output, from `_grid_sample_operands`: (B, C, K, Ho, Wo), before
+    the mask."""
     sampled = F.grid_sample(grouped_x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return sampled.view(batch, channels, KERNEL_SIZE * KERNEL_SIZE, *offset.shape[-2:])
+    taps = KERNEL_SIZE * KERNEL_SIZE
+    return sampled.view(batch, channels, taps, grid.shape[1] // taps, grid.shape[2])
 
 
 def sampled_columns(x, offset, mask, stride: int = 1, padding: int = 1) -> torch.Tensor:
     """The im2col columns (B, C*9, Ho*Wo) of the deformable conv, in x's dtype: column c*9 + k holds channel c
     sampled bilinearly at tap k (row-major 3x3), times the tap's mask."""
     batch, channels = x.shape[:2]
-    sampled = _bilinear_samples(x, offset, stride, padding)
+    grouped_x, grid, _ = _grid_sample_operands(x, offset, stride, padding)
+    sampled = _bilinear_samples(grouped_x, grid, batch, channels)
     # In place where autograd keeps no copy of the samples: a fresh buffer this large costs more than the multiply.
     sampled = sampled * mask.unsqueeze(1) if needs_grad(sampled, mask) else sampled.mul_(mask.unsqueeze(1))
     return sampled.reshape(batch, channels * KERNEL_SIZE * KERNEL_SIZE, -1)
@@ -180,7 +181,8 @@ class RecomputedSamplingDeformConv(torch.autograd.Function):
         wants_x, wants_offset, wants_mask, wants_weight, wants_bias = ctx.needs_input_grad[:5]
         batch, out_channels = grad_output.shape[:2]
         grad_output = grad_output.reshape(batch, out_channels, -1).to(ctx.matmul_dtype)
-        samples = _bilinear_samples(x, offset, ctx.stride, 1)  # (B, C, K, Ho, Wo)
+        grouped_x, grid, groups = _grid_sample_operands(x, offset, ctx.stride, 1)
+        samples = _bilinear_samples(grouped_x, grid, *x.shape[:2])  # (B, C, K, Ho, Wo)
         grad_weight = grad_bias = grad_x = grad_offset = grad_mask = None
         if wants_weight:
             columns = (samples * mask.unsqueeze(1)).flatten(1, 2).flatten(2).to(ctx.matmul_dtype)
@@ -194,14 +196,16 @@ class RecomputedSamplingDeformConv(torch.autograd.Function):
                 grad_mask = (grad_samples * samples).sum(1)
             grad_samples = grad_samples.mul_(mask.unsqueeze(1))
             if wants_x or wants_offset:
-                grad_x, grad_offset = _grid_sample_backward(grad_samples, x, offset, ctx.stride, wants_x, wants_offset)
+                grad_x, grad_offset = _grid_sample_backward(grad_samples, grouped_x, grid, groups, wants_x,
+                                                            wants_offset)
+                grad_x = grad_x.view_as(x) if wants_x else None
         return grad_x, grad_offset, grad_mask, grad_weight, grad_bias, None, None, None
 
 
-def _grid_sample_backward(grad_samples, x, offset, stride: int, wants_x: bool, wants_offset: bool):
-    """Gradients of x and of the offsets from those of the (B, C, K, Ho, Wo) bilinear samples."""
+def _grid_sample_backward(grad_samples, grouped_x, grid, groups: int, wants_x: bool, wants_offset: bool):
+    """Gradients of the grouped input and of the offsets from those of the (B, C, K, Ho, Wo) bilinear samples taken
+    with `_grid_sample_operands`' grouped input, grid and number of groups."""
     batch, channels, taps, out_h, out_w = grad_samples.shape
-    grouped_x, grid, groups = _grid_sample_operands(x, offset, stride, 1)
     grad_grouped = grad_samples.reshape(batch * groups, channels // groups, taps * out_h, out_w)
     # aten's backward of grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False): modes 0 and 0.
     grad_x, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
@@ -210,10 +214,10 @@ def _grid_sample_backward(grad_samples, x, offset, stride: int, wants_x: bool, w
     if wants_offset:
         # The grid holds ((2x + 1) / W - 1, (2y + 1) / H - 1), offsets (dy, dx) per tap: d grid / d offset = 2 / size.
         grad_grid = grad_grid.view(batch, groups, taps, out_h, out_w, 2).sum(1)
-        height, width = x.shape[-2:]
+        height, width = grouped_x.shape[-2:]
         grad_offset = torch.stack((grad_grid[..., 1] * (2 / height), grad_grid[..., 0] * (2 / width)), dim=2)
         grad_offset = grad_offset.reshape(batch, 2 * taps, out_h, out_w)
-    return (grad_x.view_as(x) if wants_x else None), grad_offset
+    return grad_x, grad_offset
 
 
 def _torchvision_deform_conv(x, offset, mask, weight, bias, stride):

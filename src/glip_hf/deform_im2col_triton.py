@@ -5,7 +5,7 @@ and the mask folded in, computing positions in float32. Compared with `grid_samp
 is one pass that writes half the bytes, and the only memory-bound part of the deformable conv on a GPU.
 
 It has no backward of its own: in training it is the forward of `RecomputedSamplingDeformConv`, whose backward
-samples again through `grid_sample` with autograd.
+samples again through `grid_sample` and calls its backward.
 """
 
 from __future__ import annotations
