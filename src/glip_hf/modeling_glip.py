@@ -97,6 +97,20 @@ FUSION_ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "folded", "eager")
 CPU_PIXELS_PER_PASS = 512 * 512
 
 
+def _own_cpu_memory_(model: nn.Module) -> None:
+    """Give every CPU parameter and buffer memory of its own.
+
+    transformers loads safetensors weights as views into a copy-on-write map of the file: a later in-place rewrite
+    of that file (`cp`, `shutil.copyfile`) then changes the loaded weights, and the views start at the file's byte
+    offsets rather than on 64-byte boundaries, which changes the CPU kernels' summation order. Shared parameters stay
+    shared: each Parameter object is visited once.
+    """
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.device.type == "cpu":
+                tensor.data = tensor.data.clone()
+
+
 class GlipPreTrainedModel(PreTrainedModel):
     config: GlipConfig
     config_class = GlipConfig
@@ -105,6 +119,12 @@ class GlipPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["GlipDyHeadLayer"]
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        _own_cpu_memory_(model)
+        return model
 
     def set_fusion_attention(self, implementation: str) -> None:
         """How the cross-attention and the DyHead's BERT layers compute attention.
