@@ -14,7 +14,10 @@ PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f
 
 
 def parse_args(argv=None):
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="glip-hf", description="GLIP grounded detection.")
+    parser.add_argument("--version", action="version", version=f"glip-hf {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     detect = commands.add_parser("detect", help="detect the prompt's phrases in images")
     detect.add_argument("--model", required=True, type=Path, help="folder saved with save_pretrained / the converter")
