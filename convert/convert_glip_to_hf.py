@@ -2,13 +2,15 @@
 
     python convert/convert_glip_to_hf.py --checkpoint glip_tiny_model_o365_goldg.pth \
         --config glip_Swin_T_O365_GoldG.yaml --output-dir glip-t [--text-config bert_config.json] \
-        [--tokenizer TOKENIZER_DIR] [--push-to-hub user/glip-t]
+        [--tokenizer TOKENIZER_DIR] [--variant glip-t-c] [--push-to-hub user/glip-t]
 
 The output folder is a complete checkpoint: weights, config, image-processor and tokenizer files, so that
 `GlipProcessor.from_pretrained(DIR)` and `pipeline("zero-shot-object-detection", model=DIR)` work on it. The
 architecture comes from the YAML (merged over the original's defaults) and the BERT config; nothing is
 hard-wired to a size. The first convolution is flipped so the converted model takes RGB images normalised with the
-ImageNet mean/std on a 0-1 scale.
+ImageNet mean/std on a 0-1 scale. It also holds a `README.md` model card with Hub metadata; the released variant
+is recognised from the checkpoint's file name (or given with `--variant`). `--push-to-hub` uploads the finished
+folder in one commit, so a failed upload leaves nothing half-written on the Hub.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from pathlib import Path
 from transformers import BertConfig
 
 from glip_hf.conversion_glip import ConversionError, convert_checkpoint, load_original_yaml, processor_from_original
+from glip_hf.model_card_glip import (
+    RELEASED_VARIANTS,
+    HubUploadError,
+    push_folder_to_hub,
+    require_hub_token,
+    variant_from_checkpoint_name,
+    write_model_card,
+)
 
 
 def parse_args(argv=None):
@@ -30,6 +40,8 @@ def parse_args(argv=None):
     parser.add_argument("--text-config", type=Path, help="BERT config json (default: bert-base-uncased dims)")
     parser.add_argument("--tokenizer", type=Path,
                         help="tokenizer folder or vocab.txt (default: the bundled bert-base-uncased vocabulary)")
+    parser.add_argument("--variant", choices=sorted(RELEASED_VARIANTS),
+                        help="released variant, for the model card (default: recognised from the checkpoint's name)")
     parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this Hub repository")
     return parser.parse_args(argv)
 
@@ -40,6 +52,12 @@ def main(argv=None) -> int:
         if path is not None and not path.exists():
             print(f"error: {path} does not exist", file=sys.stderr)
             return 2
+    if args.push_to_hub:
+        try:
+            require_hub_token()
+        except HubUploadError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     text_config = BertConfig.from_json_file(str(args.text_config)) if args.text_config else None
     try:
         model = convert_checkpoint(args.checkpoint, args.config, text_config)
@@ -49,12 +67,16 @@ def main(argv=None) -> int:
         return 1
     model.save_pretrained(args.output_dir)
     processor.save_pretrained(args.output_dir)
-    count = sum(p.numel() for p in model.parameters())
-    print(f"wrote {args.output_dir} ({count:,} parameters)")
+    count = model.num_parameters()
+    variant = args.variant or variant_from_checkpoint_name(args.checkpoint)
+    write_model_card(args.output_dir, model.config, model_id=args.push_to_hub, variant=variant, parameters=count)
+    print(f"wrote {args.output_dir} ({count:,} parameters{', ' + variant if variant else ''})")
     if args.push_to_hub:
-        model.push_to_hub(args.push_to_hub)
-        processor.push_to_hub(args.push_to_hub)
-        print(f"pushed to {args.push_to_hub}")
+        try:
+            print(f"pushed to {args.push_to_hub}: {push_folder_to_hub(args.output_dir, args.push_to_hub)}")
+        except HubUploadError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
     return 0
 
 

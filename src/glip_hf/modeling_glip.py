@@ -16,6 +16,7 @@ from .deform_conv_glip import ModulatedDeformConv2d
 from .fusion_glip import GlipDyHeadLayer, GlipFusionBlock, flatten_levels
 from .head_glip import GlipAnchorGenerator, GlipGroundingHead, Scale
 from .loss_glip import GlipLoss
+from .model_card_glip import write_model_card
 from .vision_glip import GlipVisionBackbone
 
 
@@ -125,6 +126,12 @@ class GlipPreTrainedModel(PreTrainedModel):
         model = super().from_pretrained(*args, **kwargs)
         _own_cpu_memory_(model)
         return model
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' `save_pretrained`, plus a `README.md` model card (never replacing a README of the user's)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_card(save_directory, self.config, parameters=self.num_parameters())
 
     def set_fusion_attention(self, implementation: str) -> None:
         """How the cross-attention and the DyHead's BERT layers compute attention.
