@@ -315,3 +315,14 @@ def test_declared_sizes_are_checked_against_the_file(tmp_path):
     path = _coco(tmp_path, [(1, [2, 2, 10, 10])], declared=(400, 300))
     with pytest.raises(ValueError, match="declared 400x300 but the file is 40x30"):
         list(coco_detection_examples(path, tmp_path, fixed_prompt=True))
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_damaged_weights_file_names_the_folder(tmp_path, damage):
+    from glip_hf import GlipForGrounding
+
+    GlipForGrounding(tiny_config()).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"" if damage == "empty" else weights.read_bytes()[:1000])
+    with pytest.raises(OSError, match=f"cannot read the weights in {tmp_path}: the safetensors file is empty"):
+        GlipForGrounding.from_pretrained(tmp_path)
