@@ -16,6 +16,8 @@ folder in one commit, so a failed upload leaves nothing half-written on the Hub.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -46,30 +48,62 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def read_text_config(path: Path) -> BertConfig:
+    """The BERT config JSON, or a `ValueError` naming the file when it is not one."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"--text-config {path} is not a JSON file: {error}") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"--text-config {path} must hold a JSON object of BERT settings, got {type(content).__name__}")
+    return BertConfig(**content)
+
+
+def output_dir_problem(folder: Path) -> str | None:
+    """Why the converter cannot write into `folder`, or None. An existing checkpoint folder is refused: the
+    converter never replaces a user's files."""
+    if folder.exists() and not folder.is_dir():
+        return "a file is in the way"
+    if folder.is_dir() and any(folder.iterdir()):
+        return "the folder exists and is not empty; choose a new one"
+    parent = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not a writable folder"
+    return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     for path in (args.checkpoint, args.config, args.text_config, args.tokenizer):
         if path is not None and not path.exists():
             print(f"error: {path} does not exist", file=sys.stderr)
             return 2
+    problem = output_dir_problem(args.output_dir)
+    if problem:
+        print(f"error: --output-dir {args.output_dir}: {problem}", file=sys.stderr)
+        return 2
     if args.push_to_hub:
         try:
             require_hub_token()
         except HubUploadError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
-    text_config = BertConfig.from_json_file(str(args.text_config)) if args.text_config else None
     try:
+        text_config = read_text_config(args.text_config) if args.text_config else None
         model = convert_checkpoint(args.checkpoint, args.config, text_config)
         processor = processor_from_original(load_original_yaml(args.config), args.tokenizer)
-    except (ConversionError, ValueError) as error:
+    except (ConversionError, ValueError, TypeError) as error:
         print(f"error: cannot convert {args.checkpoint}:\n{error}", file=sys.stderr)
         return 1
-    model.save_pretrained(args.output_dir)
-    processor.save_pretrained(args.output_dir)
     count = model.num_parameters()
     variant = args.variant or variant_from_checkpoint_name(args.checkpoint)
-    write_model_card(args.output_dir, model.config, model_id=args.push_to_hub, variant=variant, parameters=count)
+    try:
+        model.save_pretrained(args.output_dir)
+        processor.save_pretrained(args.output_dir)
+        write_model_card(args.output_dir, model.config, model_id=args.push_to_hub, variant=variant, parameters=count)
+    except OSError as error:
+        print(f"error: cannot write {args.output_dir}: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {args.output_dir} ({count:,} parameters{', ' + variant if variant else ''})")
     if args.push_to_hub:
         try:

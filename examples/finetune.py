@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from datasets.exceptions import DatasetGenerationError
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from glip_hf import GlipForGrounding, GlipProcessor
@@ -94,6 +95,33 @@ def evaluation_setup(data: DataArguments, processor):
     return dataset, collator, make_coco_compute_metrics(coco, label_to_category)
 
 
+def check_inputs(model_args: ModelArguments, data: DataArguments) -> None:
+    """Exit with one "error: ..." line for a missing file or folder, before any model is loaded."""
+    paths = [("--model_name_or_path", model_args.model_name_or_path, "dir"),
+             ("--train_annotations", data.train_annotations, "file"), ("--train_images", data.train_images, "dir")]
+    if data.eval_annotations or data.eval_images:
+        if not (data.eval_annotations and data.eval_images):
+            raise SystemExit("error: --eval_annotations and --eval_images go together")
+        paths += [("--eval_annotations", data.eval_annotations, "file"), ("--eval_images", data.eval_images, "dir")]
+    for option, value, kind in paths:
+        exists = Path(value).is_dir() if kind == "dir" else Path(value).is_file()
+        if not exists:
+            raise SystemExit(f"error: {option} {value} is not an existing {'folder' if kind == 'dir' else 'file'}")
+    if data.data_format not in ("coco", "mdetr", "odvg"):
+        raise SystemExit(f"error: --data_format must be coco, mdetr or odvg, got {data.data_format!r}")
+    if not 0.0 <= data.flip_prob <= 1.0 or not data.min_sizes or min(data.min_sizes) < 1 or data.max_size < 1:
+        raise SystemExit("error: --flip_prob must be in [0, 1] and --min_sizes / --max_size positive")
+
+
+def build_or_explain(build, *args):
+    """The dataset, or one "error: ..." line when the data cannot be converted (no usable box, bad sizes...)."""
+    try:
+        return build(*args)
+    except (ValueError, DatasetGenerationError) as error:
+        cause = error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
+        raise SystemExit(f"error: {cause}") from None
+
+
 class _RoutingCollator:
     """Trainer takes one collator: training batches go to `train`, evaluation batches (which carry no boxes'
     phrases, only images) to `evaluate`."""
@@ -112,6 +140,7 @@ def main(argv=None) -> dict:
         argv += ["--use_cpu", "true"]
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    check_inputs(model_args, data_args)
     training_args.remove_unused_columns = False  # the collators read image, caption, boxes and spans
     set_seed(training_args.seed)
 
@@ -119,12 +148,12 @@ def main(argv=None) -> dict:
     processor = GlipProcessor.from_pretrained(model_args.model_name_or_path)
     set_transfer_mode(model, model_args.transfer_mode)
 
-    train_dataset = training_dataset(data_args, processor, training_args.seed)
+    train_dataset = build_or_explain(training_dataset, data_args, processor, training_args.seed)
     transform = GlipTrainTransform(data_args.min_sizes, data_args.max_size, data_args.flip_prob)
     train_collator = GlipDataCollator(processor, transform=transform, train=True)
     eval_dataset, eval_collator, compute_metrics = None, None, None
     if data_args.eval_annotations:
-        eval_dataset, eval_collator, compute_metrics = evaluation_setup(data_args, processor)
+        eval_dataset, eval_collator, compute_metrics = build_or_explain(evaluation_setup, data_args, processor)
         eval_dataset = eval_dataset.map(lambda row: {"_evaluation": True})
 
     trainer = GlipTrainer(

@@ -183,7 +183,7 @@ def test_find_phrase_spans_all_occurrences(data, caption):
     start = data.draw(st.integers(0, len(caption) - 1))
     end = data.draw(st.integers(start + 1, len(caption)))
     phrase = caption[start:end]
-    spans = find_phrase_spans(caption, phrase)
+    spans = find_phrase_spans(caption, phrase, match="substring")
     assert spans == all_occurrences(caption, phrase)
     assert (start, end) in spans
     assert all(caption[s:e] == phrase for s, e in spans)
@@ -198,8 +198,8 @@ def test_find_phrase_spans_all_occurrences(data, caption):
         ("中文中文", "中文", [(0, 2), (2, 4)]),
     ],
 )
-def test_find_phrase_spans_examples(caption, phrase, spans):
-    assert find_phrase_spans(caption, phrase) == spans
+def test_find_phrase_spans_substring_examples(caption, phrase, spans):
+    assert find_phrase_spans(caption, phrase, match="substring") == spans
 
 
 @SETTINGS
@@ -259,9 +259,13 @@ def test_token_maps_on_arbitrary_captions(case):
     event(f"caption longer than max_text_len: {len(token_offsets) > MAX_CAPTION_TOKENS}")
     if len(token_offsets) > MAX_CAPTION_TOKENS:
         with pytest.raises(ValueError):
-            proc(text=caption, phrases=phrases)
+            proc(text=caption, phrases=phrases, phrase_match="substring")
         return
-    out = proc(text=caption, phrases=phrases)
+    if len(set(phrases)) < len(phrases):
+        with pytest.raises(ValueError, match="same phrase"):  # each box would be reported once per copy
+            proc(text=caption, phrases=phrases, phrase_match="substring")
+        return
+    out = proc(text=caption, phrases=phrases, phrase_match="substring")
     assert out["text_labels"] == [phrases]
     assert out["label_ids"][0].tolist() == list(range(len(phrases)))
     assert out["image_index"].tolist() == [0]
@@ -301,9 +305,9 @@ def test_token_map_on_any_unicode_matches_original_or_raises(caption, data):
     event(f"original row empty: {not expected.any()}")
     if not expected.any():
         with pytest.raises(ValueError):
-            proc(text=caption, phrases=[phrase])
+            proc(text=caption, phrases=[phrase], phrase_match="substring")
         return
-    out = proc(text=caption, phrases=[phrase])
+    out = proc(text=caption, phrases=[phrase], phrase_match="substring")
     torch.testing.assert_close(out["token_maps"][0, 0], expected)
 
 
@@ -460,6 +464,11 @@ def test_chunk_class_names_greedy_and_minimal(names, max_text_len):
             grown = [names[i] for i in chunk] + [names[chunks[number + 1][0]]]
             assert prompt_tokens(grown) > max_text_len
 
+    keys = [" ".join(clean_class_name(n).lower().split()) for n in names]
+    if len(set(keys)) < len(keys):
+        with pytest.raises(ValueError, match="same phrase"):  # each box would be reported once per copy
+            proc(text=names)
+        return
     out = proc(text=names)
     rows = len(chunks)
     assert out["image_index"].tolist() == [0] * rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 from transformers import BertConfig, PreTrainedConfig, SwinConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -21,6 +22,88 @@ PRESETS = {
     "glip-t": dict(swin=SWIN_TINY),
     "glip-l": dict(swin=SWIN_LARGE, num_dyhead_layers=8),
 }
+
+
+# Field -> (lowest, highest, whether the bounds themselves are allowed); None: unbounded on that side.
+INT_FIELDS = {
+    "fpn_channels": (1, None), "head_channels": (1, None), "num_dyhead_layers": (1, None),
+    "fusion_embed_dim": (1, None), "fusion_num_heads": (1, None), "group_norm_num_groups": (1, None),
+    "anchor_scales_per_octave": (1, None), "max_text_len": (1, None), "pre_nms_top_n": (1, None),
+    "detections_per_image": (1, None), "atss_topk": (1, None),
+}
+FLOAT_FIELDS = {
+    "fusion_attention_dropout": (0.0, 1.0, True), "group_norm_eps": (0.0, None, False),
+    "anchor_octave_base": (0.0, None, False), "box_coder_max_log_scale": (None, None, True),
+    "prior_prob": (0.0, 1.0, False), "log_scale_init": (None, None, True),
+    "pre_nms_score_threshold": (0.0, 1.0, True), "nms_threshold": (0.0, 1.0, True),
+    "focal_alpha": (0.0, 1.0, True), "focal_gamma": (0.0, None, True), "box_loss_weight": (0.0, None, True),
+    "init_std": (0.0, None, True), "fusion_layer_scale_init": (None, None, True),
+}
+BOOL_FIELDS = (
+    "early_fusion", "fused_features_dot_product", "fusion_clamp_min", "fusion_clamp_max", "text_layer_clamp_min",
+    "text_layer_clamp_max", "clamp_dot_product", "use_dyrelu", "use_deformable_conv", "use_group_norm",
+    "use_scale_aware_attention", "legacy_upsampled_offset_reinterpretation", "prompt_tuning",
+)
+# List field -> (required length or None, element kind, lowest value allowed exclusive).
+LIST_FIELDS = {
+    "anchor_sizes": (5, "number", 0.0), "anchor_strides": (5, "int", 0), "anchor_aspect_ratios": (None, "number", 0.0),
+    "box_coder_weights": (4, "number", 0.0),
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_int(name, value, lowest, highest=None) -> None:
+    if not _is_int(value):
+        raise TypeError(f"GlipConfig.{name} must be an integer, got {value!r} ({type(value).__name__})")
+    if (lowest is not None and value < lowest) or (highest is not None and value > highest):
+        bounds = f"at least {lowest}" if highest is None else f"between {lowest} and {highest}"
+        raise ValueError(f"GlipConfig.{name} must be {bounds}, got {value}")
+
+
+def _check_float(name, value, lowest, highest, inclusive) -> None:
+    if not _is_number(value):
+        raise TypeError(f"GlipConfig.{name} must be a number, got {value!r} ({type(value).__name__})")
+    below = lowest is not None and (value < lowest if inclusive else value <= lowest)
+    above = highest is not None and (value > highest if inclusive else value >= highest)
+    if not math.isfinite(value) or below or above:
+        if lowest is None and highest is None:
+            bounds = "finite"
+        else:
+            left, right = ("[", "]") if inclusive else ("(", ")")
+            bounds = f"in {left}{lowest}, {'inf' if highest is None else highest}{right}"
+        raise ValueError(f"GlipConfig.{name} must be {bounds}, got {value}")
+
+
+def _check_list(name, value, length, kind, lowest) -> None:
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"GlipConfig.{name} must be a list, got {value!r} ({type(value).__name__})")
+    if length is not None and len(value) != length:
+        raise ValueError(f"GlipConfig.{name} needs {length} values, got {len(value)}: {list(value)}")
+    if not value:
+        raise ValueError(f"GlipConfig.{name} must not be empty")
+    is_kind = _is_int if kind == "int" else _is_number
+    for item in value:
+        if not is_kind(item):
+            raise TypeError(f"GlipConfig.{name} must hold {'integers' if kind == 'int' else 'numbers'}, "
+                            f"got {item!r} in {list(value)}")
+        if not math.isfinite(item) or item <= lowest:
+            raise ValueError(f"GlipConfig.{name} must hold finite values above {lowest}, got {list(value)}")
+
+
+def backbone_strides(backbone_config) -> list[int] | None:
+    """Strides of a Swin backbone's output stages (patch size x 2^(stage - 1)); None for other backbones."""
+    if getattr(backbone_config, "model_type", None) != "swin":
+        return None
+    patch = backbone_config.patch_size
+    patch = patch[0] if isinstance(patch, (list, tuple)) else patch
+    return [patch * 2 ** (backbone_config.stage_names.index(stage) - 1) for stage in backbone_config.out_features]
 
 
 def swin_backbone_config(**swin_kwargs) -> SwinConfig:
@@ -136,6 +219,7 @@ class GlipConfig(PreTrainedConfig):
     init_std: float = 0.01
 
     def __post_init__(self, **kwargs):
+        self.check_field_types()
         if self.backbone is not None and self.backbone_config is None:
             # Built here rather than by transformers, whose name lookup would query the (unreachable) Hub.
             timm_kwargs = {"out_indices": [-3, -2, -1], **(self.backbone_kwargs or {})}
@@ -148,8 +232,10 @@ class GlipConfig(PreTrainedConfig):
         ):
             value = getattr(self, name)
             setattr(self, name, list(default if value is None else value))
+            _check_list(name, getattr(self, name), *LIST_FIELDS[name])
         if self.fusion_layer_scale_init is None:
-            self.fusion_layer_scale_init = 1.0 / max(self.num_dyhead_layers, 1)
+            self.fusion_layer_scale_init = 1.0 / self.num_dyhead_layers
+        self._check_sub_config_types()
         super().__post_init__(**kwargs)
         if self.text_config.model_type != "bert":
             raise ValueError(f"text_config must be a BERT config, got model_type={self.text_config.model_type!r}")
@@ -173,6 +259,36 @@ class GlipConfig(PreTrainedConfig):
         """Whether DyHead layer i updates the text with a BERT layer (the last one only if its output is used)."""
         last = self.num_dyhead_layers - 1
         return [self.early_fusion and (i < last or self.fused_features_dot_product) for i in range(last + 1)]
+
+    def check_field_types(self) -> None:
+        """Raise a `TypeError` / `ValueError` naming the first field of the wrong type or out of its range."""
+        for name in BOOL_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise TypeError(f"GlipConfig.{name} must be True or False, got {value!r} ({type(value).__name__})")
+        for name, (lowest, highest) in INT_FIELDS.items():
+            _check_int(name, getattr(self, name), lowest, highest)
+        for name, bounds in FLOAT_FIELDS.items():
+            if not (name == "fusion_layer_scale_init" and self.fusion_layer_scale_init is None):
+                _check_float(name, getattr(self, name), *bounds)
+        if self.max_prompts_per_pass is not None:
+            _check_int("max_prompts_per_pass", self.max_prompts_per_pass, 1)
+        for name in ("backbone_config", "text_config"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (dict, PreTrainedConfig)):
+                raise TypeError(f"GlipConfig.{name} must be a dict or a config, got {type(value).__name__}")
+        if self.backbone is not None and not isinstance(self.backbone, str):
+            raise TypeError(f"GlipConfig.backbone must be a timm model name, got {self.backbone!r}")
+        if self.backbone_kwargs is not None and not isinstance(self.backbone_kwargs, dict):
+            raise TypeError(f"GlipConfig.backbone_kwargs must be a dict, got {type(self.backbone_kwargs).__name__}")
+
+    def _check_sub_config_types(self) -> None:
+        # transformers would fail with a bare KeyError on a model_type it does not know.
+        for name in ("backbone_config", "text_config"):
+            value = getattr(self, name)
+            if isinstance(value, dict) and "model_type" in value and value["model_type"] not in CONFIG_MAPPING:
+                raise ValueError(f"GlipConfig.{name} has model_type {value['model_type']!r}, which transformers "
+                                 "does not know")
 
     def check_architecture(self) -> None:
         """Raise a `ValueError` naming the first inconsistent setting."""
@@ -208,12 +324,19 @@ class GlipConfig(PreTrainedConfig):
                 f"max_text_len ({self.max_text_len}) must be between 1 and the text tower's "
                 f"max_position_embeddings ({self.text_config.max_position_embeddings})"
             )
-        if len(self.box_coder_weights) != 4:
-            raise ValueError(f"box_coder_weights needs 4 values (wx, wy, ww, wh), got {self.box_coder_weights}")
-        if self.max_prompts_per_pass is not None and self.max_prompts_per_pass < 1:
-            raise ValueError(f"max_prompts_per_pass must be None or at least 1, got {self.max_prompts_per_pass}")
-        if self.num_dyhead_layers < 1:
-            raise ValueError(f"num_dyhead_layers must be at least 1, got {self.num_dyhead_layers}")
+        self._check_strides()
+
+    def _check_strides(self) -> None:
+        """P3-P7 double in stride (P6, P7 are stride-2 convs); a Swin backbone fixes P3-P5 to its stage strides."""
+        strides = list(self.anchor_strides)
+        if any(fine * 2 != coarse for fine, coarse in zip(strides, strides[1:])):
+            raise ValueError(f"GlipConfig.anchor_strides must double from level to level (P3-P7), got {strides}")
+        expected = backbone_strides(self.backbone_config)
+        if expected is not None and len(expected) == 3 and strides[:3] != expected:
+            raise ValueError(
+                f"GlipConfig.anchor_strides {strides} do not match the backbone, whose outputs "
+                f"{self.backbone_config.out_features} have strides {expected}"
+            )
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "GlipConfig":

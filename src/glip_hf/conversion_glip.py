@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import ast
 import copy
+import difflib
+import functools
+import json
+import pickle
 import re
 from pathlib import Path
 
@@ -166,10 +170,70 @@ def _merge(base: dict, override: dict) -> dict:
     return merged
 
 
+YACS_KEYS_FILE = Path(__file__).parent / "data" / "original_yacs_keys.json"
+KIND_DESCRIPTIONS = {
+    "bool": "True or False", "int": "an integer", "float": "a float (write 2.0, not 2)", "str": "a string",
+    "sequence": "a list or tuple",
+}
+
+
+@functools.cache
+def original_yacs_keys() -> dict:
+    """The original defaults' tree: key -> sub-tree, or the kind of its value ("bool", "int", "float", "str",
+    "sequence"; "none": a None default, any value; "open": a node that takes any keys)."""
+    return json.loads(YACS_KEYS_FILE.read_text(encoding="utf-8"))["keys"]
+
+
+def _kind_matches(value, kind: str) -> bool:
+    # yacs compares exact types (an int is no float, a bool no int); tuples and lists convert into each other.
+    if kind == "none":
+        return True
+    if kind == "sequence":
+        return isinstance(value, (list, tuple))
+    return type(value) is {"bool": bool, "int": int, "float": float, "str": str}[kind]
+
+
+def check_yaml_keys(tree: dict, path, schema: dict | None = None, prefix: str = "") -> None:
+    """Raise `ConversionError` naming the file and the key for a key the original does not define or a value of
+    another type than its default, as yacs' `merge_from_file` does."""
+    schema = original_yacs_keys() if schema is None else schema
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if key not in schema:
+            close = difflib.get_close_matches(str(key), [str(k) for k in schema], n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ConversionError(f"{path}: unknown key {name} (the original's config has no such setting){hint}")
+        kind = schema[key]
+        if kind == "open":
+            continue
+        if isinstance(kind, dict):
+            if not isinstance(value, dict):
+                raise ConversionError(f"{path}: {name} must be a section of settings, got {value!r}")
+            check_yaml_keys(value, path, kind, name + ".")
+            continue
+        decoded = _literal(value)
+        if isinstance(decoded, dict) or not _kind_matches(decoded, kind):
+            raise ConversionError(f"{path}: {name} must be {KIND_DESCRIPTIONS[kind]}, got {value!r}")
+
+
 def load_original_yaml(path: str | Path) -> dict:
-    """Read an original GLIP YAML and merge it over the original's defaults for the keys that matter here."""
-    with open(path, encoding="utf-8") as handle:
-        return _merge(ORIGINAL_DEFAULTS, yaml.safe_load(handle))
+    """Read an original GLIP YAML, check it as yacs would, and merge it over the original's defaults.
+
+    Raises `ConversionError` naming the file for unreadable or invalid YAML, a top level that is not a mapping, an
+    unknown key or a value whose type differs from the original default's.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        raise ConversionError(f"{path} is not valid YAML: {error}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConversionError(f"cannot read the YAML file {path}: {error}") from None
+    if not isinstance(content, dict):
+        raise ConversionError(f"{path} must hold a mapping of settings (MODEL: ..., INPUT: ...), got "
+                              f"{type(content).__name__}")
+    check_yaml_keys(content, path)
+    return _merge(ORIGINAL_DEFAULTS, content)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -325,7 +389,15 @@ def rename_key(key: str, config: GlipConfig) -> str | None:
 
 def load_original_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """The `model` state dict of a released file (or a bare state dict), without the DDP "module." prefix."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConversionError(f"checkpoint {path} does not exist") from None
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+        # Empty and truncated files, and anything weights_only refuses to unpickle.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConversionError(f"cannot read the checkpoint {path} (empty, truncated or not a PyTorch file): "
+                              f"{reason}") from None
     state_dict = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state_dict, dict):
         raise ConversionError(f"{path} holds no state dict (expected a dict with a 'model' entry)")

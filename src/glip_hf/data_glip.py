@@ -31,9 +31,10 @@ from __future__ import annotations
 import functools
 import io
 import json
+import logging
 import os
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 import torch
@@ -64,6 +65,8 @@ GROUNDING_FEATURES = Features({
     "spans": _List(_List(_List(Value("int64"), length=2))),
     "category_ids": _List(Value("int64")),
 })
+
+logger = logging.getLogger(__name__)
 
 # maskrcnn_benchmark's inclusive pixel convention: a box [x1, x2] covers x2 - x1 + 1 pixels ("TO_REMOVE = 1").
 TO_REMOVE = 1
@@ -210,25 +213,99 @@ def _detection_example(image_path, image_id, boxes, category_ids, names, caption
 
 # ----- converters --------------------------------------------------------------------------------------------------
 
-def _group_annotations(annotations) -> dict:
+class BoxReport:
+    """What a conversion dropped or clipped, and why: counts per reason with a few examples, logged at the end.
+
+    `finish()` raises a `ValueError` when no usable box is left in the whole source (training on it would only
+    teach "nothing here"), after logging the summary.
+    """
+
+    DROPPED = {
+        "not_finite": "boxes with NaN or infinite coordinates",
+        "empty": "boxes of zero, negative or one-pixel width or height",
+        "outside": "boxes entirely outside their image",
+        "unknown_image": "annotations of an image id not in the file's images",
+    }
+
+    def __init__(self, source):
+        self.source = str(source)
+        self.counts = Counter()
+        self.examples = defaultdict(list)
+        self.kept = 0
+        self.clipped = 0
+        self.images = 0
+
+    def drop(self, reason: str, where) -> None:
+        self.counts[reason] += 1
+        if len(self.examples[reason]) < 3:
+            self.examples[reason].append(where)
+
+    def summary(self) -> str:
+        lines = [f"{self.source}: {self.images} image(s), {self.kept} box(es) kept"
+                 + (f", {self.clipped} of them clipped to their image" if self.clipped else "")]
+        for reason, count in sorted(self.counts.items()):
+            lines.append(f"  dropped {count} {self.DROPPED[reason]} (e.g. {', '.join(map(str, self.examples[reason]))})")
+        return "\n".join(lines)
+
+    def finish(self) -> None:
+        if self.counts or self.clipped:
+            logger.warning(self.summary())
+        if self.kept == 0:
+            raise ValueError(f"No usable box is left in {self.source}:\n{self.summary()}")
+
+
+def _group_annotations(annotations, image_ids, report: BoxReport) -> dict:
     by_image = defaultdict(list)
     for annotation in annotations:
-        if not annotation.get("iscrowd", 0):  # the original drops crowd boxes: `obj["iscrowd"] == 0`
+        if annotation.get("image_id") not in image_ids:
+            report.drop("unknown_image", f"annotation {annotation.get('id')} -> image {annotation.get('image_id')}")
+        elif not annotation.get("iscrowd", 0):  # the original drops crowd boxes: `obj["iscrowd"] == 0`
             by_image[annotation["image_id"]].append(annotation)
     return by_image
 
 
-def _image_size(entry, image_path) -> tuple[int, int]:
-    """(width, height) from the index, else from the image header (PIL reads it lazily, without decoding)."""
-    if entry.get("width") and entry.get("height"):
-        return int(entry["width"]), int(entry["height"])
-    with Image.open(image_path) as image:
-        return image.size
+def _image_size(entry, image_path, source) -> tuple[int, int]:
+    """(width, height) of the file (PIL reads the header only); a declared size must agree with it."""
+    try:
+        with Image.open(image_path) as image:
+            size = image.size
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{source}: cannot read the image {image_path}: {error}") from None
+    declared = entry.get("width"), entry.get("height")
+    if any(value is not None for value in declared) and tuple(declared) != size:
+        raise ValueError(f"{source}: {image_path} is declared {declared[0]}x{declared[1]} but the file is "
+                         f"{size[0]}x{size[1]} pixels (boxes are read on the stored pixels, without EXIF rotation)")
+    return size
 
 
-def _coco_boxes(annotations, width, height):
-    boxes, keep = clip_boxes_inclusive(xywh_to_inclusive_xyxy([a["bbox"] for a in annotations]), width, height)
-    return boxes[keep].tolist(), [a for a, k in zip(annotations, keep.tolist()) if k]
+def _checked_boxes(boxes: torch.Tensor, width, height, report: BoxReport, where) -> tuple[torch.Tensor, list]:
+    """Clip inclusive xyxy boxes to the image as the original does, recording each dropped or clipped box."""
+    clipped, keep = clip_boxes_inclusive(boxes, width, height)
+    finite = torch.isfinite(boxes).all(1)
+    sized = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    for index in (~keep).nonzero().flatten().tolist():
+        reason = "not_finite" if not finite[index] else "empty" if not sized[index] else "outside"
+        report.drop(reason, f"{where} box {index}")
+    report.kept += int(keep.sum())
+    report.clipped += int((keep & (clipped != boxes).any(1)).sum())
+    return clipped, keep.tolist()
+
+
+def _coco_boxes(annotations, width, height, report, where):
+    boxes = xywh_to_inclusive_xyxy([a["bbox"] for a in annotations])
+    boxes, keep = _checked_boxes(boxes, width, height, report, where)
+    return boxes[torch.tensor(keep, dtype=torch.bool)].tolist(), [a for a, k in zip(annotations, keep) if k]
+
+
+def _read_index(annotation_file) -> dict:
+    try:
+        with open(annotation_file) as file:
+            index = json.load(file)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read the annotation file {annotation_file}: {error}") from None
+    if not isinstance(index, dict) or not isinstance(index.get("images"), list):
+        raise ValueError(f"{annotation_file} is not a COCO-style index: it needs an 'images' list")
+    return index
 
 
 def coco_detection_examples(annotation_file, image_dir, *, tokenizer=None, max_text_len: int = 256,
@@ -245,20 +322,23 @@ def coco_detection_examples(annotation_file, image_dir, *, tokenizer=None, max_t
         skip_empty: skip images left without boxes (the original's `has_valid_annotation`); by default they are kept
             and train on negatives only.
     """
-    with open(annotation_file) as file:
-        index = json.load(file)
-    names = _category_names(index["categories"])
-    by_image = _group_annotations(index.get("annotations", []))
+    index = _read_index(annotation_file)
+    names = _category_names(index.get("categories", []))
+    report = BoxReport(annotation_file)
+    by_image = _group_annotations(index.get("annotations", []), {e["id"] for e in index["images"]}, report)
     count = make_token_counter(tokenizer, token_counter) if not fixed_prompt else None
     options = dict(count_tokens=count, max_text_len=max_text_len, num_negatives=num_negatives,
                    full_negative_prob=full_negative_prob)
     for entry in sorted(index["images"], key=lambda e: e["id"]):
         path = os.path.join(image_dir, entry["file_name"])
-        boxes, annotations = _coco_boxes(by_image.get(entry["id"], []), *_image_size(entry, path))
+        size = _image_size(entry, path, annotation_file)
+        boxes, annotations = _coco_boxes(by_image.get(entry["id"], []), *size, report, f"image {entry['id']}")
+        report.images += 1
         if skip_empty and not boxes:
             continue
         category_ids = [int(a["category_id"]) for a in annotations]
         yield _detection_example(path, entry["id"], boxes, category_ids, names, options, seed, fixed_prompt)
+    report.finish()
 
 
 def mdetr_examples(annotation_file, image_dir, *, skip_empty: bool = False):
@@ -267,17 +347,20 @@ def mdetr_examples(annotation_file, image_dir, *, skip_empty: bool = False):
     Each `images` entry carries its `caption`; annotations carry `bbox` (xywh) and `tokens_positive` (character
     spans; the original prefers a `tokens` key when present). Category ids are -1: these are phrases, not classes.
     """
-    with open(annotation_file) as file:
-        index = json.load(file)
-    by_image = _group_annotations(index.get("annotations", []))
+    index = _read_index(annotation_file)
+    report = BoxReport(annotation_file)
+    by_image = _group_annotations(index.get("annotations", []), {e["id"] for e in index["images"]}, report)
     for entry in sorted(index["images"], key=lambda e: e["id"]):
         path = os.path.join(image_dir, entry["file_name"])
-        boxes, annotations = _coco_boxes(by_image.get(entry["id"], []), *_image_size(entry, path))
+        size = _image_size(entry, path, annotation_file)
+        boxes, annotations = _coco_boxes(by_image.get(entry["id"], []), *size, report, f"image {entry['id']}")
+        report.images += 1
         if skip_empty and not boxes:
             continue
         spans = [[list(span) for span in _annotation_spans(a)] for a in annotations]
         yield {"image": path, "image_id": int(entry["id"]), "caption": entry["caption"], "boxes": boxes,
                "spans": spans, "category_ids": [-1] * len(boxes)}
+    report.finish()
 
 
 def _annotation_spans(annotation):
@@ -308,12 +391,12 @@ def _odvg_label_map(jsonl_file, label_map) -> dict[int, str]:
     return names
 
 
-def _odvg_boxes(xyxy, width, height, exclusive_boxes):
+def _odvg_boxes(xyxy, width, height, exclusive_boxes, report, where):
     boxes = torch.as_tensor(xyxy, dtype=torch.float32).reshape(-1, 4).clone()
     if exclusive_boxes:  # [x, y, x + w, y + h] (Open-GroundingDino's coco2odvg) -> the inclusive convention
         boxes[:, 2:] -= TO_REMOVE
-    boxes, keep = clip_boxes_inclusive(boxes, width, height)
-    return boxes[keep].tolist(), keep.tolist()
+    boxes, keep = _checked_boxes(boxes, width, height, report, where)
+    return boxes[torch.tensor(keep, dtype=torch.bool)].tolist(), keep
 
 
 def odvg_examples(jsonl_file, image_dir, *, label_map=None, exclusive_boxes: bool = True, tokenizer=None,
@@ -328,21 +411,24 @@ def odvg_examples(jsonl_file, image_dir, *, label_map=None, exclusive_boxes: boo
     """
     names = None
     options = dict(max_text_len=max_text_len, num_negatives=num_negatives, full_negative_prob=full_negative_prob)
+    report = BoxReport(jsonl_file)
     for line_number, record in _odvg_records(jsonl_file):
         path = os.path.join(image_dir, record["filename"])
-        size = _image_size(record, path)
+        size = _image_size(record, path, f"{jsonl_file} line {line_number + 1}")
+        where = f"line {line_number + 1}"
+        report.images += 1
         if "detection" in record:
             if names is None:  # built on the first detection record: a pure grounding file needs no pass
                 names = _odvg_label_map(jsonl_file, label_map)
                 options["count_tokens"] = make_token_counter(tokenizer, token_counter)
             instances = record["detection"].get("instances", [])
-            boxes, keep = _odvg_boxes([i["bbox"] for i in instances], *size, exclusive_boxes)
+            boxes, keep = _odvg_boxes([i["bbox"] for i in instances], *size, exclusive_boxes, report, where)
             labels = [int(i["label"]) for i, k in zip(instances, keep) if k]
             example = _detection_example(path, line_number, boxes, labels, names, options, seed, False)
         else:
             grounding = record["grounding"]
             caption, regions = grounding["caption"], grounding.get("regions", [])
-            boxes, keep = _odvg_boxes([r["bbox"] for r in regions], *size, exclusive_boxes)
+            boxes, keep = _odvg_boxes([r["bbox"] for r in regions], *size, exclusive_boxes, report, where)
             spans = [[list(s) for s in (r.get("tokens_positive") or find_phrase_spans(caption, r["phrase"]))]
                      for r, k in zip(regions, keep) if k]
             example = {"image": path, "image_id": line_number, "caption": caption, "boxes": boxes, "spans": spans,
@@ -350,6 +436,7 @@ def odvg_examples(jsonl_file, image_dir, *, label_map=None, exclusive_boxes: boo
         if skip_empty and not example["boxes"]:
             continue
         yield example
+    report.finish()
 
 
 def build_grounding_dataset(examples_fn, *, streaming: bool = False, cache_dir=None, **kwargs):
@@ -484,7 +571,7 @@ class GlipDataCollator:
 
 
 __all__ = [
-    "GROUNDING_FEATURES", "GlipDataCollator", "GlipTrainTransform", "build_grounding_dataset", "clip_boxes_inclusive",
+    "GROUNDING_FEATURES", "BoxReport", "GlipDataCollator", "GlipTrainTransform", "build_grounding_dataset", "clip_boxes_inclusive",
     "coco_category_prompt", "coco_detection_examples", "flip_boxes", "load_example_image", "make_token_counter",
     "mdetr_examples", "odvg_examples", "resize_boxes", "sample_detection_caption", "xywh_to_inclusive_xyxy",
 ]

@@ -52,8 +52,16 @@ def get_resize_output_size(height: int, width: int, shortest_edge: int, longest_
         return height, width
     # The long side is truncated, not rounded, as in the original.
     if width < height:
-        return int(size * height / width), size
-    return size, int(size * width / height)
+        new_size = int(size * height / width), size
+    else:
+        new_size = size, int(size * width / height)
+    if min(new_size) < 1:
+        raise ValueError(
+            f"an image of {width}x{height} pixels would be resized to {new_size[1]}x{new_size[0]} (shortest edge "
+            f"{shortest_edge}, longest edge {longest_edge}): its short side vanishes; crop or pad it to a less "
+            "elongated shape"
+        )
+    return new_size
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:

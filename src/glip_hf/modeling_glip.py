@@ -15,6 +15,7 @@ from .configuration_glip import GlipConfig
 from .deform_conv_glip import ModulatedDeformConv2d
 from .fusion_glip import GlipDyHeadLayer, GlipFusionBlock, flatten_levels
 from .head_glip import GlipAnchorGenerator, GlipGroundingHead, Scale
+from .loading_glip import ClearLoadingErrorsMixin
 from .loss_glip import GlipLoss
 from .model_card_glip import write_model_card
 from .vision_glip import GlipVisionBackbone
@@ -112,7 +113,7 @@ def _own_cpu_memory_(model: nn.Module) -> None:
                 tensor.data = tensor.data.clone()
 
 
-class GlipPreTrainedModel(PreTrainedModel):
+class GlipPreTrainedModel(ClearLoadingErrorsMixin, PreTrainedModel):
     config: GlipConfig
     config_class = GlipConfig
     base_model_prefix = "model"

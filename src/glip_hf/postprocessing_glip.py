@@ -9,10 +9,52 @@ original). Everything is batched on the device; the only Python loops run over t
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torchvision.ops import nms
 
 from .box_ops_glip import PIXEL_INCLUSIVE
+
+
+def check_probability(value, name: str) -> float:
+    """`value` if it is a finite number in [0, 1]; else a `TypeError` / `ValueError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in [0, 1], got {value!r} ({type(value).__name__})")
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value}")
+    return float(value)
+
+
+def check_target_sizes(target_sizes, num_images: int, device) -> torch.Tensor:
+    """(N, 2) positive (height, width) per image; a single size or a flat [h, w] is not broadcast to the batch."""
+    try:
+        sizes = torch.as_tensor(target_sizes, device=device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"target_sizes must be (N, 2) (height, width) numbers, got {target_sizes!r}") from error
+    if sizes.dim() != 2 or sizes.shape != (num_images, 2):
+        raise ValueError(
+            f"target_sizes must hold one (height, width) per image, shape ({num_images}, 2); got shape "
+            f"{tuple(sizes.shape)}: {target_sizes!r:.100}"
+        )
+    if sizes.dtype == torch.bool or sizes.is_complex():
+        raise TypeError(f"target_sizes must be numbers, got {sizes.dtype}")
+    if not (torch.isfinite(sizes.double()) & (sizes > 0)).all():
+        raise ValueError(f"target_sizes must be positive and finite, got {sizes.tolist()}")
+    return sizes
+
+
+def check_finite_outputs(**tensors: torch.Tensor) -> None:
+    """Model outputs with NaN or infinity (damaged weights, an overflow) would read as "nothing found"."""
+    for name, tensor in tensors.items():
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            raise ValueError(
+                f"The model's {name} hold {bad} of {tensor.numel()} non-finite values (NaN or infinity): its weights "
+                "may be damaged or the computation overflowed; no detections can be read from them"
+            )
 
 
 def phrase_scores(logits: torch.Tensor, token_maps: torch.Tensor) -> torch.Tensor:
@@ -130,7 +172,12 @@ def post_process_grounding(
     """
     rows, _, num_phrases = phrase_probabilities.shape
     device = phrase_probabilities.device
+    check_finite_outputs(scores=phrase_probabilities, centerness=centerness, boxes=pred_boxes)
+    for name, value in (("threshold", threshold), ("nms_threshold", nms_threshold)):
+        check_probability(value, name)
     image_sizes = torch.as_tensor(image_sizes, device=device)
+    if target_sizes is not None:
+        target_sizes = check_target_sizes(target_sizes, image_sizes.shape[0], device)
     if image_index is None:
         image_index = torch.arange(rows, device=device)
     if label_ids is None:
@@ -151,7 +198,6 @@ def post_process_grounding(
     boxes, scores, labels, images = boxes[keep], scores[keep], labels[keep], images[keep]
 
     if target_sizes is not None:
-        target_sizes = torch.as_tensor(target_sizes, device=device)
         ratio = target_sizes.to(boxes.dtype) / image_sizes.to(boxes.dtype)  # (N, 2) as (h, w)
         boxes = boxes * ratio[images][:, [1, 0, 1, 0]]
 
@@ -163,4 +209,7 @@ def post_process_grounding(
     return results
 
 
-__all__ = ["batched_nms_inclusive", "phrase_scores", "post_process_grounding"]
+__all__ = [
+    "batched_nms_inclusive", "check_finite_outputs", "check_probability", "check_target_sizes", "phrase_scores",
+    "post_process_grounding",
+]

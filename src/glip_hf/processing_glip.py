@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BatchFeature, BertTokenizerFast, ProcessorMixin
 
-from .postprocessing_glip import phrase_scores, post_process_grounding
+from .postprocessing_glip import check_finite_outputs, check_probability, phrase_scores, post_process_grounding
 
 DETECTION_SEPARATOR = ". "
 BUNDLED_VOCAB = Path(__file__).parent / "data" / "bert-base-uncased-vocab.txt"
@@ -52,17 +52,61 @@ def build_detection_prompt(class_names: list[str], separator: str = DETECTION_SE
     return caption, spans
 
 
-def find_phrase_spans(caption: str, phrase: str) -> list[tuple[int, int]]:
-    """Character spans of every occurrence of `phrase` in `caption`, overlapping ones included."""
+PHRASE_MATCHES = ("word", "substring")
+
+
+def find_phrase_spans(caption: str, phrase: str, match: str = "word") -> list[tuple[int, int]]:
+    """Character spans of every occurrence of `phrase` in `caption`, overlapping ones included.
+
+    `match="word"` (default) keeps occurrences that do not start or end inside a word ("man" is not found in
+    "woman"); `match="substring"` keeps every occurrence, as the original's `str.find` loop.
+    """
+    if match not in PHRASE_MATCHES:
+        raise ValueError(f"match must be one of {PHRASE_MATCHES}, got {match!r}")
     if not phrase:
         raise ValueError("An empty phrase cannot be grounded")
     spans, start = [], caption.find(phrase)
     while start != -1:
-        spans.append((start, start + len(phrase)))
+        end = start + len(phrase)
+        if match == "substring" or _on_word_boundaries(caption, start, end):
+            spans.append((start, end))
         start = caption.find(phrase, start + 1)
     if not spans:
-        raise ValueError(f"Phrase {phrase!r} does not occur in the caption {caption!r}")
+        where = "as a whole word " if match == "word" and phrase in caption else ""
+        raise ValueError(f"Phrase {phrase!r} does not occur {where}in the caption {caption!r}"
+                         + ("; pass phrase_match='substring' to match inside words" if where else ""))
     return spans
+
+
+# Ideographs and kana are words of their own (BERT splits each into a token; these scripts use no spaces).
+_UNSPACED_SCRIPTS = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FFFF))
+
+
+def _is_word_character(character: str) -> bool:
+    code = ord(character)
+    return character.isalnum() and not any(low <= code <= high for low, high in _UNSPACED_SCRIPTS)
+
+
+def _on_word_boundaries(caption: str, start: int, end: int) -> bool:
+    """No word character continues the phrase's first or last character across the span's edges."""
+    inside_left = start > 0 and _is_word_character(caption[start]) and _is_word_character(caption[start - 1])
+    inside_right = (end < len(caption) and _is_word_character(caption[end - 1])
+                    and _is_word_character(caption[end]))
+    return not (inside_left or inside_right)
+
+
+def check_text(text, what: str = "text") -> str:
+    """`text` itself if it is a str that encodes as UTF-8; else a `TypeError` / `ValueError` naming it."""
+    if isinstance(text, (bytes, bytearray)):
+        raise TypeError(f"{what} must be str, got bytes {bytes(text)[:40]!r}; decode it first (bytes.decode)")
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be str, got {type(text).__name__} {text!r}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"{what} {text!r} holds {text[error.start]!r} at position {error.start}, which is not a "
+                         "character (a lone surrogate, e.g. from bytes decoded with errors='surrogateescape')") from None
+    return text
 
 
 def _char_to_token(encoding, candidates):
@@ -133,7 +177,7 @@ class GlipProcessor(ProcessorMixin):
 
     def _token_counts(self, texts: list[str]) -> list[int]:
         # One batched tokenizer call: per-name calls cost more than the model's text tower on a GPU.
-        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        return [len(ids) for ids in self._tokenize(texts, add_special_tokens=False)["input_ids"]]
 
     def chunk_class_names(self, class_names: list[str]) -> list[list[int]]:
         """Split class indices into as few consecutive chunks as possible whose prompt fits `max_text_len`."""
@@ -152,27 +196,31 @@ class GlipProcessor(ProcessorMixin):
         chunks.append(current)
         return chunks
 
-    def _prompts_for_image(self, text, phrases) -> tuple[list[Prompt], list[str]]:
+    def _prompts_for_image(self, text, phrases, phrase_match) -> tuple[list[Prompt], list[str]]:
         """The prompt rows of one image and its phrase strings (labels index into them)."""
         if isinstance(text, str):
-            return self._caption_prompt(text, phrases)
+            return self._caption_prompt(check_text(text, "the caption"), phrases, phrase_match)
         if phrases is not None:
             raise ValueError("`phrases` applies to a caption string, not to a list of class names")
+        if not isinstance(text, (list, tuple)):
+            raise TypeError(f"A prompt must be a caption string or a list of class names, got {type(text).__name__}")
         return self._class_list_prompts(list(text))
 
-    def _caption_prompt(self, caption: str, phrases) -> tuple[list[Prompt], list[str]]:
+    def _caption_prompt(self, caption: str, phrases, phrase_match) -> tuple[list[Prompt], list[str]]:
         if not caption.strip():
             raise ValueError("The prompt is empty")
         if phrases is None:
             phrases = [part.strip() for part in caption.split(".") if part.strip()]
         elif isinstance(phrases, str) or _is_span(phrases):
             phrases = [phrases]  # one phrase, not a sequence of characters / numbers
+        elif not isinstance(phrases, (list, tuple)):
+            raise TypeError(f"`phrases` must be a list of strings or (start, end) spans, got {type(phrases).__name__}")
         if not phrases:
             raise ValueError(f"No phrase to ground in the caption {caption!r}: give `phrases` or '.'-separated text")
         spans, names = [], []
         for phrase in phrases:
             if isinstance(phrase, str):
-                spans.append(find_phrase_spans(caption, phrase))
+                spans.append(find_phrase_spans(caption, check_text(phrase, "the phrase"), phrase_match))
                 names.append(phrase)
             elif _is_span(phrase):
                 start, end = int(phrase[0]), int(phrase[1])
@@ -182,47 +230,74 @@ class GlipProcessor(ProcessorMixin):
                 names.append(caption[start:end])
             else:
                 raise ValueError(f"A phrase must be a string or an integer (start, end) span, got {phrase!r}")
+        _refuse_duplicates([tuple(span) for span in spans], names, "phrase")
         return [Prompt(caption, spans, list(range(len(spans))))], names
 
     def _class_list_prompts(self, names: list) -> tuple[list[Prompt], list[str]]:
-        if not names or not all(isinstance(n, str) for n in names):
-            raise ValueError(f"A class-name prompt needs a non-empty list of strings, got {names!r}")
+        if not names:
+            raise ValueError("A class-name prompt needs a non-empty list of strings, got an empty list")
+        for name in names:
+            check_text(name, "a class name")
         empty = [n for n in names if not clean_class_name(n).strip()]
         if empty:
             raise ValueError(f"Class name(s) {empty} are empty once cleaned (parentheses and '_' removed)")
+        cleaned = [clean_class_name(n) for n in names]
+        # The tokenizer lowercases and ignores spacing: such names are one phrase, which would report each box twice.
+        _refuse_duplicates([" ".join(n.lower().split()) for n in cleaned], names, "class name")
         prompts = []
         for chunk in self.chunk_class_names(names):
             caption, spans = build_detection_prompt([names[i] for i in chunk], self.separator)
             prompts.append(Prompt(caption, spans, chunk))
-        return prompts, [clean_class_name(n) for n in names]
+        return prompts, cleaned
 
     def _normalise_batch(self, images, text, phrases):
+        """(images or None, one prompt per image, one phrase list per image); one clear error for a bad layout."""
+        if isinstance(text, (bytes, bytearray)):
+            check_text(text, "text")  # raises, suggesting to decode
+        if not isinstance(text, (str, list, tuple)):
+            raise TypeError(f"text must be a caption string, a list of class names, or a list with one such prompt "
+                            f"per image; got {type(text).__name__} {text!r:.80}")
+        if isinstance(images, (list, tuple)) and len(images) == 0:
+            raise ValueError("images is an empty list: give at least one image")
         single = images is not None and not isinstance(images, (list, tuple))
         if single or images is None and (isinstance(text, str) or _is_flat_names(text)):
             return ([images] if images is not None else None), [text], [phrases]
+        if not text:
+            raise ValueError("text is an empty list: give a prompt per image")
         count = len(images) if images is not None else len(text)
-        if not isinstance(text, (list, tuple)) or len(text) != count:
-            raise ValueError(f"Give one prompt per image: {count} image(s) but text is {text!r}")
+        if len(text) != count:
+            raise ValueError(f"Give one prompt per image: {count} image(s) but {len(text)} prompt(s) in text={text!r}")
         phrases = phrases if phrases is not None else [None] * count
-        if len(phrases) != count:
-            raise ValueError(f"Give one phrase list per image: {count} image(s), {len(phrases)} phrase lists")
+        if not isinstance(phrases, (list, tuple)) or len(phrases) != count:
+            raise ValueError(f"Give one phrase list per image: {count} image(s), phrases={phrases!r}")
         return images, list(text), list(phrases)
+
+    def _tokenize(self, texts: list[str], **kwargs):
+        # Literal "[SEP]" or "[CLS]" in a prompt is text, not a special token (the model would read it as one).
+        return self.tokenizer(texts, split_special_tokens=True, **kwargs)
 
     # ----- __call__ ------------------------------------------------------------------------------------------------
 
-    def __call__(self, images=None, text=None, phrases=None, return_tensors="pt", **kwargs) -> BatchFeature:
+    def __call__(self, images=None, text=None, phrases=None, return_tensors="pt", phrase_match: str = "word",
+                 **kwargs) -> BatchFeature:
         """Returns pixel inputs (when images are given), `input_ids`, `attention_mask`, `image_index` (image of each
-        row), `token_maps` (rows, P, T), `label_ids` (rows, P; -1 = padding) and `text_labels` (phrases per image)."""
+        row), `token_maps` (rows, P, T), `label_ids` (rows, P; -1 = padding) and `text_labels` (phrases per image).
+
+        `phrase_match`: "word" (default) grounds a string phrase only where it is not part of a longer word;
+        "substring" grounds every occurrence, as the original.
+        """
         if text is None:
             raise ValueError("GlipProcessor needs a prompt (`text`): class names or a caption")
+        if phrase_match not in PHRASE_MATCHES:
+            raise ValueError(f"phrase_match must be one of {PHRASE_MATCHES}, got {phrase_match!r}")
         images, texts, phrase_lists = self._normalise_batch(images, text, phrases)
         rows, text_labels, image_index = [], [], []
         for image_number, (prompt, prompt_phrases) in enumerate(zip(texts, phrase_lists)):
-            prompts, names = self._prompts_for_image(prompt, prompt_phrases)
+            prompts, names = self._prompts_for_image(prompt, prompt_phrases, phrase_match)
             rows += prompts
             text_labels.append(names)
             image_index += [image_number] * len(prompts)
-        encoding = self.tokenizer(
+        encoding = self._tokenize(
             [row.caption for row in rows], padding="longest", return_token_type_ids=False, return_tensors="pt",
         )
         if encoding["input_ids"].shape[1] > self.max_text_len:
@@ -257,6 +332,11 @@ class GlipProcessor(ProcessorMixin):
             target_sizes: (N, 2) (height, width) per image for the boxes; default the original image sizes.
             candidate_threshold: the original's pre-NMS threshold on the phrase score (default from the processor).
         """
+        check_probability(threshold, "threshold")
+        if candidate_threshold is not None:
+            check_probability(candidate_threshold, "candidate_threshold")
+        _check_same_batch(outputs, inputs)
+        check_finite_outputs(logits=outputs.logits)
         scores = phrase_scores(outputs.logits, inputs["token_maps"].to(outputs.logits.device))
         if target_sizes is None:
             target_sizes = inputs["original_sizes"]
@@ -273,6 +353,32 @@ class GlipProcessor(ProcessorMixin):
                 result[key] = result[key][keep]
             result["text_labels"] = [names[i] for i in result["labels"].tolist()]
         return results
+
+
+def _check_same_batch(outputs, inputs) -> None:
+    """The outputs must come from these inputs: same prompt rows, same text length, one size per image."""
+    for key in ("token_maps", "image_sizes", "image_index", "label_ids", "text_labels"):
+        if key not in inputs:
+            raise ValueError(f"inputs lacks {key!r}: pass what GlipProcessor returned for this batch (with images)")
+    rows, length = outputs.logits.shape[0], outputs.logits.shape[-1]
+    if inputs["token_maps"].shape[0] != rows or inputs["input_ids"].shape != (rows, length):
+        raise ValueError(
+            f"The outputs have {rows} prompt row(s) of {length} tokens but the inputs describe "
+            f"{tuple(inputs['input_ids'].shape)}: pass the inputs of the batch the model ran on"
+        )
+    images = len(inputs["image_sizes"])
+    if images != len(inputs["text_labels"]) or (len(inputs["image_index"]) and int(inputs["image_index"].max()) >= images):
+        raise ValueError(f"The inputs' {images} image size(s) do not match their prompts: pass one processor output")
+
+
+def _refuse_duplicates(keys: list, names: list, what: str) -> None:
+    first = {}
+    for index, key in enumerate(keys):
+        if key in first:
+            raise ValueError(f"The {what}s {names[first[key]]!r} (position {first[key]}) and {names[index]!r} "
+                             f"(position {index}) are the same phrase; every box would be reported twice. "
+                             f"Give each {what} once.")
+        first[key] = index
 
 
 def _is_span(value) -> bool:
