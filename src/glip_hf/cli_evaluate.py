@@ -37,7 +37,8 @@ def add_parser(subparsers) -> None:
     evaluate.add_argument("--flickr-split", default="test", choices=("train", "val", "test"))
     _common(evaluate, PROTOCOLS)
     evaluate.add_argument("--save-predictions", type=Path,
-                          help="also write the predictions (COCO/LVIS result JSON, MDETR's Flickr30k format)")
+                          help="also write the predictions (COCO/LVIS result JSON, MDETR's Flickr30k format; odinw: "
+                               "one result list per dataset)")
 
     score = subparsers.add_parser("score", help="score predictions already made against a ground truth")
     score.add_argument("--benchmark", required=True, choices=SCORED_BENCHMARKS)
@@ -85,7 +86,7 @@ def _load(model_dir: Path, device: str):
 def _device(requested: str) -> str:
     from .evaluation.runner import process_state
 
-    _, world_size = process_state()
+    _, world_size = process_state(requested)
     if requested == "cuda" and world_size > 1:
         from accelerate import PartialState
 
@@ -107,7 +108,7 @@ def run_evaluate(args) -> tuple[dict, object]:
     options = {"batch_size": args.batch_size, "device": device, "bf16": args.bf16}
     if args.benchmark == "odinw":
         return benchmarks.evaluate_odinw(model, processor, args.annotations, args.odinw_suite, args.datasets,
-                                         **options), None
+                                         **options)
     if args.benchmark == "flickr30k":
         return benchmarks.evaluate_flickr(model, processor, args.annotations, args.images, args.flickr_split,
                                           args.flickr_protocol, **options)

@@ -167,7 +167,8 @@ def evaluate_detection(model, processor, annotations, images, benchmark: str = "
 
 
 def evaluate_odinw(model, processor, root, suite: str = "odinw_13", datasets=None, **run_options):
-    """Per-dataset COCO metrics, the average AP over the datasets evaluated, and the datasets that are missing."""
+    """(metrics, result entries per dataset): per-dataset COCO metrics, the average AP over the datasets evaluated
+    and the datasets that are missing (reported, not fatal)."""
     root = Path(root)
     chosen = odinw_suite(suite)
     if datasets:
@@ -176,7 +177,7 @@ def evaluate_odinw(model, processor, root, suite: str = "odinw_13", datasets=Non
         if unknown:
             raise ValueError(f"unknown {suite} dataset(s) {unknown}; known: {sorted(names)}")
         chosen = [dataset for dataset in chosen if dataset.name in set(datasets)]
-    per_dataset, missing = {}, {}
+    per_dataset, missing, predictions = {}, {}, {}
     for dataset in chosen:
         annotation_file = root / dataset.test["annotations"]
         if not annotation_file.is_file():
@@ -187,9 +188,11 @@ def evaluate_odinw(model, processor, root, suite: str = "odinw_13", datasets=Non
         results = detect_dataset(model, processor, truth, root / dataset.test["images"], annotation_file, "odinw",
                                  class_names=text, phrases=phrases, category_ids=ids, **run_options)
         per_dataset[dataset.name] = coco_metrics(truth, results)
+        predictions[dataset.name] = results
     average = sum(metrics["AP"] for metrics in per_dataset.values()) / len(per_dataset) if per_dataset else None
-    return {"suite": suite, "AP": average, "evaluated": len(per_dataset), "datasets": per_dataset,
-            "missing": missing}
+    metrics = {"suite": suite, "AP": average, "evaluated": len(per_dataset), "datasets": per_dataset,
+               "missing": missing}
+    return metrics, predictions
 
 
 def evaluate_flickr(model, processor, root, images, split: str = "test", protocol: str = "any", **run_options):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
-from functools import lru_cache, cache
+from functools import cache
 from pathlib import Path
 
 SPEC_FILE = Path(__file__).with_name("odinw_datasets.json")

@@ -42,13 +42,18 @@ def fixed_size_chunks(class_names: list[str], chunk_size: int | None) -> list[Pr
             for start in range(0, len(class_names), chunk_size)]
 
 
-def process_state():
-    """(rank, world size) of this process: accelerate's state when accelerate is installed, else one process."""
+def process_state(device: str | None = None):
+    """(rank, world size) of this process: accelerate's state when accelerate is installed, else one process.
+
+    Processes started by `accelerate launch` / torchrun that run on CPU form a gloo group (accelerate's
+    `cpu=True`); the first call decides, later ones reuse that state.
+    """
     try:
         from accelerate import PartialState
     except ImportError:
         return 0, 1
-    state = PartialState()
+    cpu = not torch.cuda.is_available() or (device is not None and torch.device(device).type == "cpu")
+    state = PartialState(cpu=cpu)
     return state.process_index, state.num_processes
 
 
@@ -138,24 +143,27 @@ def run_items(model, processor, items: list[EvaluationItem], batch_size: int = 1
     """
     from tqdm.auto import tqdm
 
-    rank, world_size = process_state()
-    batches = shard_batches(items, batch_size, rank, world_size)
+    rank, world_size = process_state(device)
+    numbered = list(enumerate(items))
+    batches = shard_batches(numbered, batch_size, rank, world_size)
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
     results = []
     with tqdm(total=sum(len(batch) for batch in batches), desc=description, unit="img",
               disable=rank != 0) as progress:
         for batch in batches:
-            images = [open_image(item.image_path) for item in batch]
-            model_inputs, post_inputs, group_images = build_batch(processor, images, batch)
+            batch_items = [item for _, item in batch]
+            images = [open_image(item.image_path) for item in batch_items]
+            model_inputs, post_inputs, group_images = build_batch(processor, images, batch_items)
             with torch.no_grad(), autocast:
                 outputs = model(**{key: value.to(device) for key, value in model_inputs.items()})
             detections = processor.post_process_grounded_object_detection(outputs, post_inputs, threshold=0.0)
             per_item = [[] for _ in batch]
             for image_number, detection in zip(group_images, detections):
                 per_item[image_number].append(_compact(detection))
-            results += [(item.key, groups) for item, groups in zip(batch, per_item)]
+            results += [(position, item.key, groups) for (position, item), groups in zip(batch, per_item)]
             progress.update(len(batch))
-    return gather_results(results, world_size)
+    gathered = sorted(gather_results(results, world_size), key=lambda entry: entry[0])
+    return [(key, groups) for _, key, groups in gathered]
 
 
 def _compact(detection: dict) -> dict:
