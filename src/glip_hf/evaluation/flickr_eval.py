@@ -13,9 +13,9 @@ lists `train.txt`, `val.txt`, `test.txt` (one image id a line).
 from __future__ import annotations
 
 import re
-from xml.etree import ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 
