@@ -43,6 +43,17 @@ def odinw_suite(suite: str = "odinw_13") -> list[OdinwDataset]:
     return [OdinwDataset(**row) for row in _specs()[suite]]
 
 
+def find_odinw_dataset(name: str) -> OdinwDataset:
+    """A dataset by "suite/name" (e.g. "odinw_35/pothole") or by name alone (ODinW-13's settings first: the two
+    suites share datasets, and ODinW-35's configs add caption prompts to four of them)."""
+    suite, _, short = name.rpartition("/")
+    for candidate in [suite] if suite else SUITES:
+        for dataset in odinw_suite(candidate):
+            if dataset.name == short:
+                return dataset
+    raise ValueError(f"{name!r} is not an ODinW dataset (give a name of odinw_13 / odinw_35, or suite/name)")
+
+
 def detection_prompt(dataset: OdinwDataset, ground_truth: dict, separator: str = ". "):
     """(class names or caption, phrase spans or None, category ids in label order) for a dataset.
 
@@ -121,5 +132,6 @@ def write_few_shot_splits(annotation_file, output_dir, shots=FEW_SHOT_COUNTS, se
     return [path for _, _, path in targets]
 
 
-__all__ = ["FEW_SHOT_COUNTS", "FEW_SHOT_SEEDS", "OdinwDataset", "detection_prompt", "odinw_suite",
+__all__ = ["FEW_SHOT_COUNTS", "FEW_SHOT_SEEDS", "OdinwDataset", "detection_prompt", "find_odinw_dataset",
+           "odinw_suite",
            "sample_few_shot", "write_few_shot_splits"]
