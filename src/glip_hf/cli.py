@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+from . import cli_evaluate
+
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#800000", "#000075"]
 # Marks the pictures `detect` writes, so that a later run may replace them (and nothing else).
 SOFTWARE_TAG = "glip-hf detect"
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="minimum final score, in [0, 1] (default 0.3)")
     detect.add_argument("--output-dir", type=Path, default=Path("glip_detections"), help="where to write PNG + JSON")
     detect.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    cli_evaluate.add_parser(commands)
     return parser
 
 
@@ -271,6 +274,8 @@ def main(argv=None) -> int:
     except CliError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.command in cli_evaluate.COMMANDS:
+        return cli_evaluate.run(args)
     return 2
 
 

@@ -29,8 +29,10 @@ def pack_detections(results: list[dict], max_detections: int) -> torch.Tensor:
     return packed
 
 
-def packed_to_coco_results(packed, image_ids, label_to_category) -> list[dict]:
-    """COCO result entries; boxes go back to [x, y, w, h] with the original's +1 width (inclusive pixels)."""
+def packed_to_coco_results(packed, image_ids, label_to_category, inclusive_width: bool = True) -> list[dict]:
+    """COCO result entries; boxes go back to [x, y, w, h] with the original's +1 width (inclusive pixels) for COCO
+    evaluation, without it for LVIS (`inclusive_width=False`, as the original's LVIS evaluator)."""
+    extra = 1.0 if inclusive_width else 0.0
     entries = []
     for detections, image_id in zip(np.asarray(packed), np.asarray(image_ids).reshape(-1)):
         for x1, y1, x2, y2, score, label, valid in detections:
@@ -39,7 +41,7 @@ def packed_to_coco_results(packed, image_ids, label_to_category) -> list[dict]:
             entries.append({
                 "image_id": int(image_id),
                 "category_id": int(label_to_category[int(label)]),
-                "bbox": [float(x1), float(y1), float(x2 - x1 + 1), float(y2 - y1 + 1)],
+                "bbox": [float(x1), float(y1), float(x2 - x1 + extra), float(y2 - y1 + extra)],
                 "score": float(score),
             })
     return entries

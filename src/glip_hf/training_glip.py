@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback
@@ -183,21 +184,50 @@ def make_coco_compute_metrics(coco_gt, label_to_category):
     return compute_metrics
 
 
-class GlipDetectionEvalCollator:
-    """Evaluation batches with one fixed class-list prompt for every image (chunked if long), as COCO/ODinW
-    evaluation does. Examples need `image` and `image_id`."""
+def make_detection_compute_metrics(ground_truth: dict, label_to_category, benchmark: str = "coco"):
+    """`compute_metrics` for `GlipTrainer` through the shipped `glip_detection` evaluate module: COCO AP ("coco"),
+    LVIS standard AP ("lvis") or LVIS Fixed AP ("lvis-fixed") of the gathered detections on the images they cover.
+    """
+    from .evaluation import load_metric
 
-    def __init__(self, processor, class_names: list[str]):
-        self.processor, self.class_names = processor, list(class_names)
+    # In memory: every process of a distributed run computes the metric on the gathered predictions.
+    metric = load_metric("glip_detection", benchmark, keep_in_memory=True)
+
+    def compute_metrics(prediction):
+        results = packed_to_coco_results(prediction.predictions, prediction.label_ids, label_to_category,
+                                         inclusive_width=benchmark == "coco")
+        image_ids = [int(i) for i in np.asarray(prediction.label_ids).reshape(-1)]
+        by_image = {image_id: {"boxes": [], "scores": [], "category_ids": []} for image_id in image_ids}
+        for entry in results:
+            detections = by_image[entry["image_id"]]
+            detections["boxes"].append(entry["bbox"])
+            detections["scores"].append(entry["score"])
+            detections["category_ids"].append(entry["category_id"])
+        metric.add_batch(predictions=list(by_image.values()), references=list(by_image))
+        return metric.compute(ground_truth=ground_truth)
+
+    return compute_metrics
+
+
+class GlipDetectionEvalCollator:
+    """Evaluation batches with one fixed prompt for every image, as COCO/LVIS/ODinW evaluation does: the class list
+    (chunked if long), or a caption with the classes' `phrases` spans (ODinW's caption prompts). Examples need
+    `image` and `image_id`."""
+
+    def __init__(self, processor, class_names, phrases=None):
+        self.processor = processor
+        self.class_names = class_names if isinstance(class_names, str) else list(class_names)
+        self.phrases = phrases
 
     def __call__(self, examples):
         images = [example["image"] for example in examples]
-        batch = self.processor(images=images, text=[self.class_names] * len(images))
+        phrases = None if self.phrases is None else [self.phrases] * len(images)
+        batch = self.processor(images=images, text=[self.class_names] * len(images), phrases=phrases)
         batch["image_ids"] = torch.tensor([int(example["image_id"]) for example in examples])
         return batch
 
 
 __all__ = [
     "EmaCallback", "GlipDetectionEvalCollator", "GlipTrainer", "LINEAR_PROBE_PARAMETERS", "TRANSFER_MODES",
-    "make_coco_compute_metrics", "parameter_groups", "set_transfer_mode",
+    "make_coco_compute_metrics", "make_detection_compute_metrics", "parameter_groups", "set_transfer_mode",
 ]
