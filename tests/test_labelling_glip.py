@@ -68,6 +68,13 @@ def folder(tmp_path_factory):
     return write_folder(tmp_path_factory.mktemp("corpus"))
 
 
+@pytest.fixture(scope="module")
+def labelled(teacher, folder, tmp_path_factory):
+    """The folder labelled once, shared by the tests that only read the output."""
+    output = tmp_path_factory.mktemp("labelled") / "labels"
+    return output, label_corpus(make_run(teacher, output), folder_items(folder), "folder")
+
+
 # Random weights without the prior score phrases near 0.5: a low threshold and a few boxes per image keep files small.
 POLICY = LabelPolicy(threshold=0.2, max_boxes_per_image=4)
 
@@ -84,9 +91,8 @@ def lines(path):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_folder_labels_odvg_coco_manifest_and_errors(teacher, folder, tmp_path):
-    output = tmp_path / "labels"
-    summary = label_corpus(make_run(teacher, output), folder_items(folder), "folder")
+def test_folder_labels_odvg_coco_manifest_and_errors(folder, labelled):
+    output, summary = labelled
     assert (summary.labelled, summary.failed, summary.skipped) == (len(SIZES), 2, 0) and summary.finalised
     records = lines(output / "labels.odvg.jsonl")
     assert [r["filename"] for r in records] == [item.filename for item in folder_items(folder)
@@ -139,9 +145,8 @@ def test_one_image_batches_equal_the_processor_path(teacher, folder, tmp_path):
     torch.testing.assert_close(torch.tensor([i["bbox"] for i in found]), exclusive, atol=6e-3, rtol=0)
 
 
-def test_kill_and_rerun_loses_and_duplicates_nothing(teacher, folder, tmp_path, monkeypatch):
-    straight = tmp_path / "straight"
-    label_corpus(make_run(teacher, straight), folder_items(folder), "folder")
+def test_kill_and_rerun_loses_and_duplicates_nothing(teacher, folder, labelled, tmp_path, monkeypatch):
+    straight = labelled[0]
     interrupted = tmp_path / "interrupted"
     from glip_hf import labelling_batch_glip
 
@@ -239,13 +244,12 @@ def test_imagefolder_dataset_matches_the_folder(teacher, tmp_path):
     assert [r["detection"] for r in dataset_records] == [r["detection"] for r in folder_records]
 
 
-def test_labels_train_through_finetune(teacher, folder, tmp_path):
+def test_labels_train_through_finetune(teacher, folder, labelled, tmp_path):
     sys.path.insert(0, str(REPO_ROOT / "examples"))
     import finetune
 
     _, _, model_dir = teacher
-    output = tmp_path / "labels"
-    label_corpus(make_run(teacher, output), folder_items(folder), "folder")
+    output = labelled[0]
     metrics = finetune.main([
         "--model_name_or_path", str(model_dir), "--train_annotations", str(output / "labels.odvg.jsonl"),
         "--train_images", str(folder), "--data_format", "odvg", "--output_dir", str(tmp_path / "student"),
@@ -257,31 +261,39 @@ def test_labels_train_through_finetune(teacher, folder, tmp_path):
     assert len(losses) == 2 and all(np.isfinite(losses)) and (tmp_path / "student" / "model.safetensors").is_file()
 
 
-def test_a_folder_of_other_files_or_another_prompt_is_refused(teacher, folder, tmp_path):
+def test_a_folder_of_other_files_or_another_prompt_is_refused(teacher, folder, labelled, tmp_path):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty"):
         label_corpus(make_run(teacher, foreign), folder_items(folder), "folder")
-    assert (foreign / "notes.txt").read_text() == "mine"
-    output = tmp_path / "labels"
-    label_corpus(make_run(teacher, output, shard_size=100), folder_items(folder), "folder")
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"] and (foreign / "notes.txt").read_text() == "mine"
+    before = sorted(p.name for p in labelled[0].iterdir())
     with pytest.raises(ValueError, match="another prompt"):
-        label_corpus(make_run(teacher, output, classes=["tree"], shard_size=100), folder_items(folder), "folder")
+        label_corpus(make_run(teacher, labelled[0], classes=["tree"]), folder_items(folder), "folder")
+    assert sorted(p.name for p in labelled[0].iterdir()) == before
     with pytest.raises(ValueError, match="not among the classes"):
         label_corpus(make_run(teacher, tmp_path / "x", policy=LabelPolicy(class_thresholds={"tree": 0.3})),
                      folder_items(folder), "folder")
 
 
-def test_cli_errors_are_one_line(teacher, folder, tmp_path):
+def test_cli_errors_are_one_line(teacher, folder, tmp_path, capsys):
+    from glip_hf import cli
+
     _, _, model_dir = teacher
-    base = [sys.executable, "-m", "glip_hf.cli", "label", "--model", str(model_dir), "--output", str(tmp_path / "o")]
+    base = ["label", "--model", str(model_dir), "--output", str(tmp_path / "o")]
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text('{"tree": "high"}')
     cases = [
         (["--images", str(tmp_path / "missing"), "--classes", "tree"], "is not a folder"),
         (["--images", str(folder), "--classes", " . "], "no class name"),
         (["--images", str(folder), "--caption-column", "caption"], "needs --dataset"),
+        (["--images", str(folder), "--classes", "tree", "--thresholds-file", str(thresholds)], "JSON object"),
+        (["--dataset", str(tmp_path / "missing.parquet"), "--classes", "tree"], "missing.parquet"),
     ]
     for extra, message in cases:
-        result = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
-        assert result.returncode != 0 and "error: " in result.stderr and message in result.stderr, result.stderr
-        assert "Traceback" not in result.stderr
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(base + extra)
+        assert str(exit_info.value.code).startswith("error: ") and message in str(exit_info.value.code)
+        assert "\n" not in str(exit_info.value.code)
+    assert not (tmp_path / "o").exists()
