@@ -84,7 +84,7 @@ def _device(requested: str) -> str:
 
 
 def run(args) -> int:
-    from .labelling_glip import LabelRun, dataset_items, folder_items, label_corpus
+    from .labelling_glip import label
     from .modeling_glip import GlipForGrounding
     from .processing_glip import GlipProcessor
 
@@ -97,15 +97,10 @@ def run(args) -> int:
         device = _device(args.device)
         model = GlipForGrounding.from_pretrained(args.model).to(device).eval()
         processor = GlipProcessor.from_pretrained(args.model)
-        if args.images is not None:
-            items, source = folder_items(args.images), f"folder {args.images.resolve()}"
-        else:
-            items = dataset_items(args.dataset, args.split, args.image_column, args.caption_column)
-            source = f"dataset {args.dataset} split {args.split} column {args.image_column}"
-        labelling = LabelRun(model=model, processor=processor, output=args.output, classes=classes, policy=policy,
-                             batch_size=args.batch_size, shard_size=args.shard_size, device=device, bf16=args.bf16,
-                             extractor=None if classes is not None else args.noun_phrases)
-        summary = label_corpus(labelling, items, source)
+        summary = label(model, processor, args.output, images=args.images, dataset=args.dataset, split=args.split,
+                        image_column=args.image_column, classes=classes, caption_column=args.caption_column,
+                        policy=policy, batch_size=args.batch_size, shard_size=args.shard_size, device=device,
+                        bf16=args.bf16, extractor=args.noun_phrases)
     except (ValueError, TypeError, ImportError, FileNotFoundError) as error:
         _fail(str(error))
     print(f"labelled {summary.labelled} image(s) ({summary.boxes} boxes), skipped {summary.skipped} already "

@@ -3,7 +3,8 @@
 `label_corpus` reads a folder tree of images or a `datasets` dataset (streamed, images left undecoded until their
 batch), cuts it into shards of `shard_size` consecutive images and writes, per shard, one ODVG jsonl file (the
 format `examples/finetune.py --data_format odvg` reads) and its errors file, each atomically (temporary file, then
-rename). A finished shard is never redone, so a rerun after a kill redoes at most the shard that was running. With
+rename). Memory holds one shard's undecoded images (paths, or a dataset's encoded bytes) and one decoded batch,
+whatever the size of the corpus. A finished shard is never redone, so a rerun after a kill redoes at most the shard that was running. With
 several processes (`accelerate launch` or torchrun, read from RANK / WORLD_SIZE) process r takes shards r, r + N, ...;
 batches never cross a shard, so every image is labelled in the same batch whatever the number of processes and the
 union of the outputs equals a one-process run box for box. The process that writes the last shard merges them into
@@ -279,7 +280,7 @@ class LabelRun:
     shard_size: int = 1000
     device: str = "cpu"
     bf16: bool = False
-    extractor: object = "perceptron"
+    extractor: object = "perceptron"  # captions' noun phrases (used when `classes` is None): a backend name or callable
     progress: bool = True
 
 
@@ -290,8 +291,8 @@ def label_corpus(run: LabelRun, items: Iterator[CorpusItem], source: str, rank: 
 
     from .labelling_batch_glip import ShardLabeller
 
-    if (run.classes is None) == (run.extractor is None):
-        raise ValueError("Give either class names or a caption column (with a noun-phrase extractor)")
+    if run.classes is None and run.extractor is None:
+        raise ValueError("Give class names, or captions with a noun-phrase extractor")
     if run.batch_size < 1 or run.shard_size < 1:
         raise ValueError(f"batch size and shard size must be >= 1, got {run.batch_size} and {run.shard_size}")
     if rank is None or world_size is None:
@@ -322,6 +323,26 @@ def label_corpus(run: LabelRun, items: Iterator[CorpusItem], source: str, rank: 
     return summary
 
 
+def label(model, processor, output, *, images=None, dataset=None, split: str = "train", image_column: str = "image",
+          classes: list[str] | None = None, caption_column: str | None = None, **options) -> LabelSummary:
+    """The Python form of `glip-hf label`: a folder (`images`) or a `datasets` dataset (`dataset`, `split`,
+    `image_column`), labelled with `classes` or with the noun phrases of `caption_column`. `options` are the other
+    `LabelRun` fields (policy, batch_size, shard_size, device, bf16, extractor, progress)."""
+    if (images is None) == (dataset is None):
+        raise ValueError("Give exactly one corpus: images=FOLDER or dataset=PATH_OR_NAME")
+    if (classes is None) == (caption_column is None):
+        raise ValueError("Give exactly one prompt: classes=[...] or caption_column=NAME")
+    if caption_column is not None and images is not None:
+        raise ValueError("caption_column needs a dataset (a folder of images has no captions)")
+    if images is not None:
+        items, source = folder_items(images), f"folder {Path(images).resolve()}"
+    else:
+        items = dataset_items(dataset, split, image_column, caption_column)
+        source = f"dataset {dataset} split {split} column {image_column}"
+    run = LabelRun(model=model, processor=processor, output=Path(output), classes=classes, **options)
+    return label_corpus(run, items, source)
+
+
 def manifest_for(run: LabelRun, source: str) -> dict:
     from . import __version__
 
@@ -334,6 +355,8 @@ def manifest_for(run: LabelRun, source: str) -> dict:
                 run.extractor, "__name__", repr(run.extractor))},
         "policy": asdict(run.policy),
         "shard_size": run.shard_size,
+        "batch_size": run.batch_size,  # recorded, not enforced: a rerun may change it (its shards then batch otherwise)
+        "device": str(run.device), "bf16": run.bf16,
         "source": source,
         "glip_hf_version": __version__,
         "box_format": {"odvg": "[x1, y1, x2, y2], x2 = x + w (pixels of the stored image)", "coco": "[x, y, w, h]"},
@@ -341,4 +364,4 @@ def manifest_for(run: LabelRun, source: str) -> dict:
 
 
 __all__ = ["CorpusItem", "LabelRun", "LabelSummary", "apply_policy", "LabelPolicy", "dataset_items",
-           "folder_items", "label_corpus", "write_atomically"]
+           "folder_items", "label", "label_corpus", "write_atomically"]
