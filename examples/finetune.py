@@ -9,143 +9,17 @@ Runs on CPU, one GPU, or several processes with `accelerate launch --multi_gpu -
 `prompt` (prompt tuning: only learnt prompt embeddings train) and `linear_probe` (only the head's scoring layers).
 Evaluation reports COCO AP, LVIS AP or LVIS Fixed AP through the package's `glip_detection` evaluate module
 (`--eval_metric`; `--odinw_dataset` evaluates with an ODinW dataset's prompt); the final model and processor are
-saved with `save_pretrained`.
+saved with `save_pretrained`. In Python, call `glip_hf.finetuning_glip.run_finetune` with the same dataclasses.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from datasets.exceptions import DatasetGenerationError
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import HfArgumentParser, TrainingArguments
 
-from glip_hf import GlipForGrounding, GlipProcessor
-from glip_hf.data_glip import (
-    GlipDataCollator,
-    GlipTrainTransform,
-    build_grounding_dataset,
-    coco_detection_examples,
-    mdetr_examples,
-    odvg_examples,
-)
-from glip_hf.evaluation.odinw import detection_prompt, find_odinw_dataset
-from glip_hf.evaluation_glip import load_coco
-from glip_hf.training_glip import (
-    GlipDetectionEvalCollator,
-    GlipTrainer,
-    TRANSFER_MODES,
-    make_detection_compute_metrics,
-    set_transfer_mode,
-)
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str = field(metadata={"help": "folder of a GLIP model and processor (save_pretrained)"})
-    transfer_mode: str = field(default="full", metadata={"help": f"one of {TRANSFER_MODES}"})
-    text_learning_rate: float | None = field(default=None, metadata={"help": "learning rate of the text tower"})
-    ema_decay: float | None = field(default=None, metadata={"help": "keep an EMA of the weights (e.g. 0.999)"})
-
-
-@dataclass
-class DataArguments:
-    train_annotations: str = field(metadata={"help": "COCO detection JSON, MDETR JSON or ODVG jsonl"})
-    train_images: str = field(metadata={"help": "folder of the training images"})
-    eval_annotations: str | None = field(default=None, metadata={"help": "COCO detection JSON to report AP on"})
-    eval_images: str | None = field(default=None)
-    data_format: str = field(default="coco", metadata={"help": "coco, mdetr or odvg"})
-    min_sizes: list[int] = field(default_factory=lambda: [480, 560, 640, 720, 800],
-                                 metadata={"help": "random shortest edges of the training resize"})
-    max_size: int = field(default=1333, metadata={"help": "longest edge of the training resize"})
-    flip_prob: float = field(default=0.5)
-    num_negatives: int = field(default=85, metadata={"help": "negative class names sampled into detection prompts"})
-    metrics_file: str = field(default="metrics.json", metadata={"help": "written into output_dir"})
-    eval_metric: str = field(default="auto", metadata={
-        "help": "coco, lvis or lvis-fixed (glip_detection evaluate module); auto: lvis-fixed for LVIS annotations"})
-    odinw_dataset: str | None = field(default=None, metadata={
-        "help": "evaluate with this ODinW dataset's prompt (its config's category names and caption prompt), "
-                "e.g. odinw_35/pothole"})
-
-
-def training_dataset(data: DataArguments, processor, seed: int):
-    if data.data_format == "coco":
-        return build_grounding_dataset(
-            coco_detection_examples, annotation_file=data.train_annotations, image_dir=data.train_images,
-            tokenizer=processor.tokenizer, max_text_len=processor.max_text_len, num_negatives=data.num_negatives,
-            seed=seed,
-        )
-    if data.data_format == "mdetr":
-        return build_grounding_dataset(mdetr_examples, annotation_file=data.train_annotations,
-                                       image_dir=data.train_images)
-    if data.data_format == "odvg":
-        return build_grounding_dataset(
-            odvg_examples, jsonl_file=data.train_annotations, image_dir=data.train_images,
-            tokenizer=processor.tokenizer, max_text_len=processor.max_text_len, num_negatives=data.num_negatives,
-            seed=seed,
-        )
-    raise ValueError(f"--data_format must be coco, mdetr or odvg, got {data.data_format!r}")
-
-
-def evaluation_setup(data: DataArguments, processor):
-    """Eval dataset, its collator (one prompt with every class, in category-id order, or the ODinW dataset's
-    prompt) and compute_metrics (COCO, LVIS or LVIS Fixed AP as the annotations or --eval_metric ask)."""
-    coco = load_coco(data.eval_annotations)
-    categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda category: category["id"])
-    dataset = build_grounding_dataset(
-        coco_detection_examples, annotation_file=data.eval_annotations, image_dir=data.eval_images,
-        fixed_prompt=True, tokenizer=processor.tokenizer, max_text_len=10**6,
-    )
-    text, phrases, ids = [category["name"] for category in categories], None, [c["id"] for c in categories]
-    if data.odinw_dataset:
-        text, phrases, ids = detection_prompt(find_odinw_dataset(data.odinw_dataset), coco.dataset,
-                                              processor.separator)
-    collator = GlipDetectionEvalCollator(processor, text, phrases)
-    metric = data.eval_metric
-    if metric == "auto":
-        metric = "lvis-fixed" if "neg_category_ids" in (coco.dataset["images"] or [{}])[0] else "coco"
-    return dataset, collator, make_detection_compute_metrics(coco.dataset, dict(enumerate(ids)), metric)
-
-
-def check_inputs(model_args: ModelArguments, data: DataArguments) -> None:
-    """Exit with one "error: ..." line for a missing file or folder, before any model is loaded."""
-    paths = [("--model_name_or_path", model_args.model_name_or_path, "dir"),
-             ("--train_annotations", data.train_annotations, "file"), ("--train_images", data.train_images, "dir")]
-    if data.eval_annotations or data.eval_images:
-        if not (data.eval_annotations and data.eval_images):
-            raise SystemExit("error: --eval_annotations and --eval_images go together")
-        paths += [("--eval_annotations", data.eval_annotations, "file"), ("--eval_images", data.eval_images, "dir")]
-    for option, value, kind in paths:
-        exists = Path(value).is_dir() if kind == "dir" else Path(value).is_file()
-        if not exists:
-            raise SystemExit(f"error: {option} {value} is not an existing {'folder' if kind == 'dir' else 'file'}")
-    if data.data_format not in ("coco", "mdetr", "odvg"):
-        raise SystemExit(f"error: --data_format must be coco, mdetr or odvg, got {data.data_format!r}")
-    if not 0.0 <= data.flip_prob <= 1.0 or not data.min_sizes or min(data.min_sizes) < 1 or data.max_size < 1:
-        raise SystemExit("error: --flip_prob must be in [0, 1] and --min_sizes / --max_size positive")
-
-
-def build_or_explain(build, *args):
-    """The dataset, or one "error: ..." line when the data cannot be converted (no usable box, bad sizes...)."""
-    try:
-        return build(*args)
-    except (ValueError, DatasetGenerationError) as error:
-        cause = error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
-        raise SystemExit(f"error: {cause}") from None
-
-
-class _RoutingCollator:
-    """Trainer takes one collator: training batches go to `train`, evaluation batches (which carry no boxes'
-    phrases, only images) to `evaluate`."""
-
-    def __init__(self, train, evaluate):
-        self.train, self.evaluate = train, evaluate
-
-    def __call__(self, examples):
-        return self.evaluate(examples) if examples and examples[0].get("_evaluation") else self.train(examples)
+from glip_hf.finetuning_glip import DataArguments, FinetuneInputError, ModelArguments, run_finetune
 
 
 def main(argv=None) -> dict:
@@ -155,44 +29,10 @@ def main(argv=None) -> dict:
         argv += ["--use_cpu", "true"]
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
-    check_inputs(model_args, data_args)
-    training_args.remove_unused_columns = False  # the collators read image, caption, boxes and spans
-    set_seed(training_args.seed)
-
-    model = GlipForGrounding.from_pretrained(model_args.model_name_or_path)
-    processor = GlipProcessor.from_pretrained(model_args.model_name_or_path)
-    set_transfer_mode(model, model_args.transfer_mode)
-
-    train_dataset = build_or_explain(training_dataset, data_args, processor, training_args.seed)
-    transform = GlipTrainTransform(data_args.min_sizes, data_args.max_size, data_args.flip_prob)
-    train_collator = GlipDataCollator(processor, transform=transform, train=True)
-    eval_dataset, eval_collator, compute_metrics = None, None, None
-    if data_args.eval_annotations:
-        eval_dataset, eval_collator, compute_metrics = build_or_explain(evaluation_setup, data_args, processor)
-        eval_dataset = eval_dataset.map(lambda row: {"_evaluation": True})
-
-    trainer = GlipTrainer(
-        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        data_collator=_RoutingCollator(train_collator, eval_collator), processing_class=processor,
-        compute_metrics=compute_metrics, text_learning_rate=model_args.text_learning_rate,
-        ema_decay=model_args.ema_decay,
-    )
-    metrics = {}
-    if eval_dataset is not None and training_args.do_eval:
-        metrics["before"] = trainer.evaluate()
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics["train"] = train_result.metrics
-    if eval_dataset is not None:
-        metrics["after"] = trainer.evaluate()
-    metrics["log_history"] = trainer.state.log_history
-    metrics["world_size"] = training_args.world_size
-    trainer.save_model(training_args.output_dir)
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(training_args.output_dir)
-        path = Path(training_args.output_dir) / data_args.metrics_file
-        path.write_text(json.dumps(metrics, indent=2, default=float))
-        print(f"metrics written to {path}")
-    return metrics
+    try:
+        return run_finetune(model_args, data_args, training_args)
+    except FinetuneInputError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

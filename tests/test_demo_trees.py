@@ -31,10 +31,18 @@ def test_small_demo_learns_trees_and_reports(tmp_path):
 
     summary = run_demo.main(["--output-dir", str(tmp_path), "--small", "--max-steps", "60"])
     assert summary["before"]["AP50"] < 0.02  # the untrained head finds nothing
-    assert summary["after"]["AP50"] > summary["before"]["AP50"] + 0.1, summary["after"]
-    assert summary["after"]["AP"] > summary["before"]["AP"] + 0.02
+    teacher, student = summary["teacher"], summary["student"]
+    assert teacher["AP50"] > summary["before"]["AP50"] + 0.1, teacher
+    assert summary["after"] == student and set(student) == {"AP", "AP50", "AP75"}
+    # The teacher labelled every held-back tile; the student trained on them (its AP is reported whatever it is).
+    self_training = summary["self_training"]
+    assert self_training["pseudo_labelled_tiles"] == self_training["heldback_tiles"] > 0
+    records = [json.loads(line) for line in (tmp_path / "pseudo_labels" / "labels.odvg.jsonl").read_text().splitlines()]
+    assert sum(len(r["detection"]["instances"]) for r in records) == self_training["pseudo_boxes"]
+    student_lines = (tmp_path / "data" / "student_train.odvg.jsonl").read_text().splitlines()
+    assert len(student_lines) == self_training["visible_tiles"] + self_training["heldback_tiles"]
     assert summary["reload"]["pipeline_matches_processor"]
-    for name in ("curves.png", "heldout_prediction.png", "metrics.json"):
+    for name in ("curves.png", "self_training.png", "heldout_prediction.png", "metrics.json"):
         assert (tmp_path / name).stat().st_size > 0
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["after"] == summary["after"]

@@ -43,6 +43,39 @@ def plot_curves(log_history: list[dict], path: Path, before: dict | None = None)
     plt.close(figure)
 
 
+def _evaluations(metrics: dict) -> list[tuple[int, dict]]:
+    steps = [(0, metrics["before"])] if "before" in metrics else []
+    return steps + [(e["step"], e) for e in metrics["log_history"] if "eval_AP" in e and e.get("step", 0) > 0]
+
+
+def plot_self_training(teacher: dict, student: dict, path: Path) -> None:
+    """Held-out AP50 during training and the final AP / AP50 / AP75 of the teacher and the student, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (curve_axis, bar_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    runs = (("teacher (visible labels)", teacher, "#4363d8"), ("student (+ pseudo-labels)", student, "#e6194b"))
+    for name, metrics, colour in runs:
+        evaluations = _evaluations(metrics)
+        curve_axis.plot([s for s, _ in evaluations], [e["eval_AP50"] for _, e in evaluations], marker="o",
+                        color=colour, label=name)
+    curve_axis.set(title="held-out AP50 during training", xlabel="step", ylim=(0, 1))
+    curve_axis.legend()
+    width = 0.38
+    for offset, (name, metrics, colour) in zip((-width / 2, width / 2), runs):
+        values = [metrics["after"][key] for key in METRICS]
+        bars = bar_axis.bar([i + offset for i in range(len(METRICS))], values, width, color=colour, label=name)
+        bar_axis.bar_label(bars, fmt="%.3f", fontsize=8)
+    bar_axis.set_xticks(range(len(METRICS)), [key.removeprefix("eval_") for key in METRICS])
+    bar_axis.set(title="held-out COCO AP after training", ylim=(0, 1))
+    bar_axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def draw_prediction(image_path: Path, detections: list[dict], truth: list[list[float]], path: Path) -> None:
     """True boxes in green, predicted ones in red with their score."""
     image = Image.open(image_path).convert("RGB")
