@@ -12,6 +12,8 @@ from transformers.models.auto import CONFIG_MAPPING, AutoConfig
 SWIN_TINY = dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, drop_path_rate=0.2)
 SWIN_LARGE = dict(embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48], window_size=12, drop_path_rate=0.4)
 SWIN_OUT_FEATURES = ["stage2", "stage3", "stage4"]
+# The original clamps activations to +-CLAMP_VALUE so that fp16 training cannot overflow (the `*_clamp_*` fields).
+CLAMP_VALUE = 50000.0
 
 # What distinguishes the released variants, on top of the GLIP-T (C) defaults of `GlipConfig`.
 PRESETS = {
@@ -159,10 +161,6 @@ class GlipConfig(PreTrainedConfig):
     @property
     def hidden_size(self) -> int:
         return self.head_channels
-
-    @property
-    def text_hidden_size(self) -> int:
-        return self.text_config.hidden_size
 
     @property
     def num_anchors_per_location(self) -> int:

@@ -8,6 +8,8 @@ import io
 import numpy as np
 import torch
 
+from .box_ops_glip import PIXEL_INCLUSIVE
+
 COCO_METRIC_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 # Columns of the fixed-size detection arrays the trainer gathers: box (4), score, label, valid.
 DETECTION_COLUMNS = 7
@@ -39,7 +41,7 @@ def packed_to_coco_results(packed, image_ids, label_to_category) -> list[dict]:
             entries.append({
                 "image_id": int(image_id),
                 "category_id": int(label_to_category[int(label)]),
-                "bbox": [float(x1), float(y1), float(x2 - x1 + 1), float(y2 - y1 + 1)],
+                "bbox": [float(x1), float(y1), float(x2 - x1 + PIXEL_INCLUSIVE), float(y2 - y1 + PIXEL_INCLUSIVE)],
                 "score": float(score),
             })
     return entries

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torchvision.ops import nms
 
-from .box_ops_glip import PIXEL_INCLUSIVE
+from .box_ops_glip import PIXEL_INCLUSIVE, shift_inclusive
 
 
 def phrase_scores(logits: torch.Tensor, token_maps: torch.Tensor) -> torch.Tensor:
@@ -75,7 +75,7 @@ def batched_nms_inclusive(boxes, scores, groups, iou_threshold: float) -> torch.
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
-    shifted = boxes.double() + boxes.new_tensor([0.0, 0.0, PIXEL_INCLUSIVE, PIXEL_INCLUSIVE], dtype=torch.float64)
+    shifted = shift_inclusive(boxes.double())
     if len(boxes) <= 1000:
         spread = shifted.max() + 1.0
         keep = nms(shifted + (groups.double() * spread)[:, None], scores.double(), iou_threshold)
