@@ -75,8 +75,8 @@ class GlipConfig(PreTrainedConfig):
             tower's output, as the original's `ADD_LINEAR_LAYER` ("prompt tuning" of the GLIP paper).
         max_prompts_per_pass (`int`, *optional*): run at most this many prompt rows (captions, or chunks of a long
             class list) through the text tower and the DyHead at once; the vision tower still runs once. Bounds
-            memory with long vocabularies. None (default): all rows at once on accelerators; on CPUs as many rows as
-            make 512x512 pixels (one row for an 800x800 image), which is faster there than one large batch.
+            memory with long vocabularies. None (default): `speed_glip.prompt_rows_per_pass` decides (all rows at
+            once on accelerators; on CPUs as many rows as make `speed_glip.CPU_PIXELS_PER_PASS` pixels).
         legacy_upsampled_offset_reinterpretation (`bool`): reproduce the original CUDA kernel's bug in the DyConv
             branch that reads the finer level's offsets for a coarser map (see `fusion_glip.DyConv`). Converted
             checkpoints switch it on because their weights were trained with it.

@@ -42,7 +42,11 @@ from PIL import Image
 from .box_ops_glip import PIXEL_INCLUSIVE
 from .image_processing_glip import get_resize_output_size, to_rgb_pil_image
 from .processing_glip import (
-    DETECTION_SEPARATOR, build_detection_prompt, clean_class_name, find_phrase_spans, load_tokenizer,
+    DETECTION_SEPARATOR,
+    build_detection_prompt,
+    clean_class_name,
+    find_phrase_spans,
+    load_tokenizer,
     spans_to_token_map,
 )
 

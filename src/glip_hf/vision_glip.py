@@ -3,13 +3,14 @@ and the layout of the pyramid levels as one sequence of visual tokens."""
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 from torch import nn
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelP6P7
-from transformers import AutoBackbone, AutoConfig, PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
 from transformers.backbone_utils import load_backbone
 from transformers.models.auto import CONFIG_MAPPING
 
@@ -113,7 +114,8 @@ def load_pretrained_backbone_weights(backbone: nn.Module, name_or_path: str, wei
         return
     if weights_file is not None:
         raise ValueError(f"weights_file is for timm models; the transformers checkpoint {name_or_path!r} has its own")
-    pretrained = AutoBackbone.from_pretrained(name_or_path, config=backbone.config)
+    # The backbone's own class: AutoBackbone.from_pretrained asks the Hub about every name, local folders too.
+    pretrained = type(backbone).from_pretrained(name_or_path, config=copy.deepcopy(backbone.config))
     load_tower_weights(backbone, pretrained.state_dict(), name_or_path)
 
 
