@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from common import (
     COCO_NAMES,
-    add_fusion_attention_argument,
+    add_attention_argument,
+    apply_attention,
     device_description,
     glip_tiny,
     grounding_dino_tiny,
@@ -129,7 +130,7 @@ def peak_memory_gib(device: str) -> float:
 def measure(name, build, call, args, images, compile_model=False) -> dict:
     model, processor = build(args.device)
     if name.startswith("GLIP-T"):
-        model.set_fusion_attention(args.fusion_attention)
+        apply_attention(model, args.attention)
         model.config.max_prompts_per_pass = args.prompts_per_pass
         flops = glip_flops_per_image(model, processor, images[0], args.device)
     if compile_model:
@@ -164,7 +165,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--compile", action="store_true", help="also time GLIP-T under torch.compile")
-    add_fusion_attention_argument(parser)
+    add_attention_argument(parser)
     parser.add_argument("--prompts-per-pass", type=int, default=None,
                         help="GLIP-T's config.max_prompts_per_pass (default None: the model's rule, rows making "
                              "512x512 pixels per pass on CPU, all rows on CUDA)")
@@ -181,7 +182,7 @@ def main(argv=None) -> dict:
     peak = measured_bf16_matmul_tflops(args.device)
     results = {"device": device_description(args.device), "image": f"{height}x{width}", "batch": args.batch,
                "precision": "bf16 autocast" if args.bf16 else "fp32", "prompt": "80 COCO class names", "rows": rows,
-               "glip_fusion_attention": args.fusion_attention, "glip_prompts_per_pass": args.prompts_per_pass,
+               "glip_attention": args.attention, "glip_prompts_per_pass": args.prompts_per_pass,
                "glip_speedup": rows[1]["median_s"] / rows[0]["median_s"], "measured_bf16_matmul_tflops": peak,
                "torch": torch.__version__}
     print(f"{'model':18s} {'s/call':>8s} {'img/s':>7s} {'peak GiB':>9s} {'forward s':>10s}  ({results['device']}, "

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 from common import (
-    add_fusion_attention_argument,
+    add_attention_argument,
+    apply_attention,
     device_description,
     glip_tiny,
     test_image_tensor,
@@ -49,11 +50,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--prompts-per-pass", type=int, default=None,
                         help="config.max_prompts_per_pass for the chunked path (default None: the model's rule, "
                              "one chunk at a time on CPU at this size, all at once on CUDA)")
-    add_fusion_attention_argument(parser)
+    add_attention_argument(parser)
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/long_vocab.json"))
     args = parser.parse_args(argv)
     model, processor = glip_tiny(args.device)
-    model.set_fusion_attention(args.fusion_attention)
+    apply_attention(model, args.attention)
     model.config.max_prompts_per_pass = args.prompts_per_pass
     image = test_image_tensor(args.size, args.size, 0, args.device)
     chunks = [NAMES[i:i + args.chunk_names] for i in range(0, len(NAMES), args.chunk_names)]
@@ -82,7 +83,7 @@ def main(argv=None) -> dict:
     timing_ours, timing_baseline = timings["ours"], timings["baseline"]
     results = {"device": device_description(args.device), "image": args.size, "names": len(NAMES),
                "chunks": len(chunks), "chunk_names": args.chunk_names,
-               "prompts_per_pass": args.prompts_per_pass, "fusion_attention": args.fusion_attention,
+               "prompts_per_pass": args.prompts_per_pass, "attention": args.attention,
                "precision": "bf16 autocast" if args.bf16 else "fp32",
                "chunked_vision_once_s": timing_ours,
                "full_model_per_chunk_s": timing_baseline,

@@ -14,7 +14,8 @@ import torch
 from bench_inference import parse_size, peak_memory_gib
 from common import (
     COCO_NAMES,
-    add_fusion_attention_argument,
+    add_attention_argument,
+    apply_attention,
     device_description,
     glip_tiny,
     grounding_dino_tiny,
@@ -69,7 +70,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing on both models")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--glip-only", action="store_true")
-    add_fusion_attention_argument(parser)
+    add_attention_argument(parser)
     parser.add_argument("--output", type=Path, default=Path("results/training.json"))
     args = parser.parse_args(argv)
     height, width = parse_size(args.size)
@@ -80,7 +81,7 @@ def main(argv=None) -> dict:
         model, processor = build(args.device)
         model.train()
         if name == "GLIP-T":
-            model.set_fusion_attention(args.fusion_attention)
+            apply_attention(model, args.attention)
         checkpointing = False
         if args.checkpointing:
             try:
@@ -96,7 +97,7 @@ def main(argv=None) -> dict:
                      "peak_memory_gib": peak_memory_gib(args.device)})
         del model
     results = {"device": device_description(args.device), "image": f"{height}x{width}", "batch": args.batch,
-               "bf16": args.bf16, "checkpointing": args.checkpointing, "glip_fusion_attention": args.fusion_attention,
+               "bf16": args.bf16, "checkpointing": args.checkpointing, "glip_attention": args.attention,
                "rows": rows}
     for row in rows:
         print(f"{row['model']:18s} {row['images_per_s']:7.2f} img/s {row['peak_memory_gib']:7.2f} GiB "

@@ -74,12 +74,26 @@ def grounding_dino_tiny(device: str):
     return model, GroundingDinoProcessor(GroundingDinoImageProcessor(), load_tokenizer())
 
 
-def add_fusion_attention_argument(parser) -> None:
-    """`--fusion-attention`: GLIP-T's cross-attention form, passed to `set_fusion_attention`."""
-    from glip_hf.modeling_glip import FUSION_ATTENTION_IMPLEMENTATIONS
+ATTENTION_CHOICES = ("default", "eager", "sdpa", "folded")
 
-    parser.add_argument("--fusion-attention", default="auto", choices=FUSION_ATTENTION_IMPLEMENTATIONS,
-                        help="GLIP-T's cross-attention (auto: folded on CPU, sdpa on CUDA)")
+
+def add_attention_argument(parser) -> None:
+    """`--attention`: GLIP's attention, applied with `apply_attention`."""
+    parser.add_argument("--attention", default="default", choices=ATTENTION_CHOICES,
+                        help="GLIP's attention: default (attn_implementation='sdpa', the cross-attention folded on CPU "
+                             "as speed_glip decides), eager (the original's arithmetic), or sdpa / folded (the "
+                             "cross-attention forced to that form)")
+
+
+def apply_attention(model, choice: str) -> None:
+    """Set GLIP's attention as `--attention` asks (see `add_attention_argument`)."""
+    from glip_hf import speed_glip
+
+    if choice == "default":
+        return
+    model.set_attn_implementation("eager" if choice == "eager" else "sdpa")
+    if choice in ("sdpa", "folded"):
+        speed_glip.FOLDED_CROSS_ATTENTION_DEVICES = (model.device.type,) if choice == "folded" else ()
 
 
 def timed(function, repeats: int, warmup: int, device: str) -> dict:

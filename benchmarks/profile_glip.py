@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from bench_inference import parse_size
-from common import COCO_NAMES, add_fusion_attention_argument, glip_tiny, test_image_tensor, timed
+from common import COCO_NAMES, add_attention_argument, apply_attention, glip_tiny, test_image_tensor, timed
 
 
 class HostEvent:
@@ -99,7 +99,7 @@ def stage_table(model, processor, images, autocast) -> dict:
 
 def deform_variants(batch: int, height: int, width: int) -> dict:
     """Milliseconds of one 256-channel modulated deformable 3x3 conv per implementation, and relative error."""
-    from glip_hf.deform_conv_glip import _torchvision_deform_conv, columns_times_weight, deform_conv2d_sampled
+    from glip_hf.deform_conv_glip import _deform_conv2d_sampled, _torchvision_deform_conv, columns_times_weight
     from glip_hf.deform_im2col_triton import deform_im2col
 
     def triton_deform_conv(x, offset, mask, weight, bias):
@@ -117,8 +117,8 @@ def deform_variants(batch: int, height: int, width: int) -> dict:
                                              bias.double(), 1)
         variants = {
             "torchvision fp32": lambda: _torchvision_deform_conv(x, offset, mask, weight, bias, 1),
-            "grid_sample fp32": lambda: deform_conv2d_sampled(x, offset, mask, weight, bias),
-            "grid_sample fp32 + bf16 matmul": lambda: deform_conv2d_sampled(x, offset, mask, weight, bias,
+            "grid_sample fp32": lambda: _deform_conv2d_sampled(x, offset, mask, weight, bias),
+            "grid_sample fp32 + bf16 matmul": lambda: _deform_conv2d_sampled(x, offset, mask, weight, bias,
                                                                             matmul_dtype=torch.bfloat16),
             "Triton sampling + bf16 matmul": lambda: triton_deform_conv(x, offset, mask, weight, bias),
         }
@@ -154,18 +154,18 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--output-dir", type=Path, default=None)
-    add_fusion_attention_argument(parser)
+    add_attention_argument(parser)
     args = parser.parse_args(argv)
     height, width = parse_size(args.size)
     autocast = dict(device_type=args.device, dtype=torch.bfloat16, enabled=args.bf16)
     model, processor = glip_tiny(args.device)
-    model.set_fusion_attention(args.fusion_attention)
+    apply_attention(model, args.attention)
     images = [test_image_tensor(height, width, seed, args.device) for seed in range(args.batch)]
     stage_table(model, processor, images, autocast)  # warm-up
     stages = stage_table(model, processor, images, autocast)
     total = sum(stages.values())
     print(f"GLIP-T stages, batch {args.batch}, {height}x{width}, {'bf16' if args.bf16 else 'fp32'}, "
-          f"{args.device}, fusion attention {args.fusion_attention}:")
+          f"{args.device}, attention {args.attention}:")
     for name, ms in sorted(stages.items(), key=lambda item: -item[1]):
         print(f"  {name:22s} {ms:9.2f} ms  {100 * ms / total:5.1f}%")
     if args.device != "cuda":

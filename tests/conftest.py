@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import os
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from transformers import BertConfig
 
-from glip_hf import GlipConfig
+from glip_hf import GlipConfig, GlipForGrounding
+from glip_hf.head_glip import Scale
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path(os.environ.get("GLIP_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
@@ -52,6 +56,50 @@ def tiny_config(**overrides) -> GlipConfig:
     )
     kwargs.update(overrides)
     return GlipConfig(**kwargs)
+
+
+def randomize_weights_(model: nn.Module, seed: int = 0, std: float = 0.05) -> nn.Module:
+    """Overwrite every parameter with seeded random values (norm weights and scales around 1, the rest around 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            for name, param in module.named_parameters(recurse=False):
+                noise = torch.randn(param.shape, generator=generator, dtype=param.dtype) * std
+                around_one = isinstance(module, Scale) or (
+                    isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and name == "weight"
+                )
+                param.copy_(noise + 1.0 if around_one else noise)
+    return model
+
+
+def build(model_class=GlipForGrounding, seed: int = 0, randomize: bool = True, **config_overrides):
+    """A tiny model in eval mode with seeded (and by default randomised) weights."""
+    torch.manual_seed(seed)
+    model = model_class(tiny_config(**config_overrides))
+    if randomize:
+        randomize_weights_(model, seed=seed)
+    return model.eval()
+
+
+def expected_spatial_shapes(height: int, width: int) -> list[list[int]]:
+    """P3 at stride 8, then every level halves with ceil (stride-2 convs with padding 1)."""
+    shapes = [[height // 8, width // 8]]
+    for _ in range(5 - 1):
+        shapes.append([math.ceil(shapes[-1][0] / 2), math.ceil(shapes[-1][1] / 2)])
+    return shapes
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make any socket connection fail loudly, so a hidden download attempt shows up as an error."""
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"network access attempted: {args[1:] if len(args) > 1 else args}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def bert_vocab_text_config() -> BertConfig:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torchvision.ops import deform_conv2d
 
-from glip_hf.deform_conv_glip import ModulatedDeformConv2d, _sampled_deform_conv, deform_conv2d_sampled
+from glip_hf.deform_conv_glip import ModulatedDeformConv2d, _deform_conv2d_sampled, _sampled_deform_conv
 
 # (batch, channels, height, width, stride): odd sizes, stride 2 as in the finer level's conv, and channels that the
 # CPU samples in groups (48: 3 groups of 16).
@@ -96,7 +96,7 @@ def test_training_conv_keeps_only_its_inputs_for_the_backward():
     inputs_bytes = sum(t.numel() * t.element_size() for t in (x, offset, mask, conv.weight))
     kept = _saved_bytes(lambda: conv(x, offset, mask))
     # Autograd through the sampling keeps the samples and the masked columns, each 9x the input: the measure sees it.
-    through_sampling = _saved_bytes(lambda: deform_conv2d_sampled(x, offset, mask, conv.weight, conv.bias))
+    through_sampling = _saved_bytes(lambda: _deform_conv2d_sampled(x, offset, mask, conv.weight, conv.bias))
     assert through_sampling > 2 * 9 * x.numel() * x.element_size()
     assert kept <= inputs_bytes
 

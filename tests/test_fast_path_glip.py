@@ -8,8 +8,9 @@ import os
 import pytest
 import torch
 from conftest import tiny_config, tiny_inputs
+from transformers import BertConfig
 
-from glip_hf import GlipForGrounding
+from glip_hf import GlipForGrounding, speed_glip
 
 
 def _model(**overrides):
@@ -97,27 +98,30 @@ def test_folded_attention_equals_the_eager_arithmetic_with_dropout_and_gradients
     dropped probabilities, same outputs and the same gradients for the inputs and every projection."""
     from glip_hf.fusion_glip import GlipBiAttention
 
+    config = tiny_config(text_config=BertConfig(hidden_size=48, num_attention_heads=4, intermediate_size=64),
+                         fusion_embed_dim=64, fusion_num_heads=4, fusion_attention_dropout=0.3)
     torch.manual_seed(0)
-    attention = GlipBiAttention(32, 48, 64, 4, dropout=0.3).train()
+    attention = GlipBiAttention(config).train()
     vision, text = torch.randn(2, 90, 32), torch.randn(2, 7, 48)
     text_mask = torch.ones(2, 7, dtype=torch.long)
     text_mask[1, 4:] = 0
     monkeypatch.setattr(torch.nn.functional, "dropout", _fixed_dropout(0, (2, 4, 90, 7)))
     results = {}
-    for implementation in ("eager", "folded"):
-        attention.attention_implementation = implementation
+    monkeypatch.setattr(speed_glip, "FOLDED_CROSS_ATTENTION_DEVICES", ("cpu",))
+    for implementation in ("eager", "sdpa"):  # "sdpa" runs the folded form on CPU
+        config._attn_implementation = implementation
         attention.zero_grad()
         inputs = (vision.clone().requires_grad_(), text.clone().requires_grad_())
         vision_update, text_update = attention(*inputs, text_mask)
         (vision_update.square().sum() + text_update.sum()).backward()
         results[implementation] = [vision_update, text_update, *(x.grad for x in inputs),
                                    *(p.grad for p in attention.parameters())]
-    assert len(results["folded"]) == 2 + 2 + 12
-    for folded, eager in zip(results["folded"], results["eager"]):
+    assert len(results["sdpa"]) == 2 + 2 + 12
+    for folded, eager in zip(results["sdpa"], results["eager"]):
         torch.testing.assert_close(folded, eager, atol=1e-5, rtol=1e-4)
 
 
-def test_auto_attention_is_folded_on_cpu_and_names_are_checked(monkeypatch):
+def test_sdpa_attention_is_folded_on_cpu_and_names_are_checked(monkeypatch):
     model = _model()
     inputs = tiny_inputs(1, 256, 256, 8)
     calls = []
@@ -129,8 +133,8 @@ def test_auto_attention_is_folded_on_cpu_and_names_are_checked(monkeypatch):
     heads = model.config.fusion_num_heads
     # The BERT layers use SDPA; the cross-attention (heads of the fusion width) does not.
     assert calls and all(shape[1] != heads or shape[-1] != model.config.fusion_embed_dim // heads for shape in calls)
-    with pytest.raises(ValueError, match="implementation must be one of"):
-        model.set_fusion_attention("flash")
+    with pytest.raises(ValueError, match="flash"):
+        model.set_attn_implementation("flash")
 
 
 def test_anchors_are_cached_per_feature_size():
@@ -156,9 +160,10 @@ def test_padding_to_the_longest_prompt_does_not_change_real_tokens():
 
 
 @pytest.mark.parametrize("implementation", ["sdpa", "folded", "eager"])
-def test_bf16_autocast_stays_close_to_float32(implementation):
+def test_bf16_autocast_stays_close_to_float32(implementation, monkeypatch):
     model = _model()
-    model.set_fusion_attention(implementation)
+    model.set_attn_implementation("eager" if implementation == "eager" else "sdpa")
+    monkeypatch.setattr(speed_glip, "FOLDED_CROSS_ATTENTION_DEVICES", ("cpu",) if implementation == "folded" else ())
     inputs = tiny_inputs(2, 256, 256, 8)
     with torch.no_grad():
         reference = model(**inputs)
@@ -225,7 +230,7 @@ def test_cpu_default_groups_prompt_rows_by_image_size(monkeypatch):
 TRITON_CHECK = """
 import torch
 from torchvision.ops import deform_conv2d
-from glip_hf.deform_conv_glip import RecomputedSamplingDeformConv, _triton_columns, columns_times_weight
+from glip_hf.deform_conv_glip import RecomputedSamplingDeformConv, columns_times_weight
 from glip_hf.deform_im2col_triton import deform_im2col
 torch.manual_seed(0)
 # (batch, channels, height, width, stride, out height, out width): odd sizes, channels not a multiple of the block,
@@ -239,7 +244,7 @@ for b, c, h, w, stride, oh, ow in [(2, 40, 9, 11, 1, 9, 11), (1, 33, 12, 10, 2, 
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
     # Training on CUDA: the kernel samples in the forward, grid_sample again in the backward.
     tensors = [t.requires_grad_() for t in (x, offset, mask, weight, bias)]
-    trained = RecomputedSamplingDeformConv.apply(*tensors, stride, torch.float32, _triton_columns)
+    trained = RecomputedSamplingDeformConv.apply(*tensors, stride, torch.float32, True)  # use_triton
     projection = torch.randn(trained.shape)
     grads = torch.autograd.grad((trained * projection).sum(), tensors)
     expected = deform_conv2d(*tensors[:2], weight, bias, stride=stride, padding=1, mask=mask)

@@ -2,9 +2,12 @@
 
 What is covered: output shapes of `GlipModel` / `GlipForGrounding`, save/load round trips, batch vs. single-sample
 consistency (padded captions and padded images), determinism, no_grad and bf16 autocast, weight initialisation
-(`_init_weights` through transformers' `initialize_weights`), gradient checkpointing and gradient flow, input and
-config validation, the architectural variants (no early fusion, DyHead switches, the legacy offset
-reinterpretation), anchors and the box coder, and a timm backbone.
+(`_init_weights` through transformers' `initialize_weights`), gradient checkpointing and gradient flow, input
+validation, and the architectural variants (no early fusion, DyHead switches, the legacy offset reinterpretation).
+The config, anchors and box coder, and backbones have their own files.
+
+transformers' `ModelTesterMixin` is not used: it lives in the transformers repository's tests/ folder, not in the
+wheel (`transformers.testing_utils` ships no model mixins).
 
 Tests that run a forward first overwrite every parameter with seeded random values (`randomize_weights_`): the
 initial head gives near-constant outputs (tiny init std, a fixed prior bias), which would let bugs in the
@@ -15,57 +18,20 @@ from __future__ import annotations
 
 import math
 import shutil
-import socket
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import build, expected_spatial_shapes, tiny_config, tiny_inputs
 from torch import nn
-from transformers import BertConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from conftest import tiny_config, tiny_inputs
-from glip_hf import GlipConfig, GlipForGrounding, GlipModel
-from glip_hf.box_ops_glip import GlipBoxCoder
-from glip_hf.head_glip import GlipAnchorGenerator, Scale
-
-NUM_LEVELS = 5
-
+from glip_hf import GlipForGrounding, GlipModel
 
 # --------------------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------------------
 
-
-def randomize_weights_(model: nn.Module, seed: int = 0, std: float = 0.05) -> nn.Module:
-    """Overwrite every parameter with seeded random values (norm weights and scales around 1, the rest around 0)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            for name, param in module.named_parameters(recurse=False):
-                noise = torch.randn(param.shape, generator=generator, dtype=param.dtype) * std
-                around_one = isinstance(module, Scale) or (
-                    isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and name == "weight"
-                )
-                param.copy_(noise + 1.0 if around_one else noise)
-    return model
-
-
-def build(model_class=GlipForGrounding, seed: int = 0, randomize: bool = True, **config_overrides):
-    """A tiny model in eval mode with seeded (and by default randomised) weights."""
-    torch.manual_seed(seed)
-    model = model_class(tiny_config(**config_overrides))
-    if randomize:
-        randomize_weights_(model, seed=seed)
-    return model.eval()
-
-
-def expected_spatial_shapes(height: int, width: int) -> list[list[int]]:
-    """P3 at stride 8, then every level halves with ceil (stride-2 convs with padding 1)."""
-    shapes = [[height // 8, width // 8]]
-    for _ in range(NUM_LEVELS - 1):
-        shapes.append([math.ceil(shapes[-1][0] / 2), math.ceil(shapes[-1][1] / 2)])
-    return shapes
 
 
 # Bookkeeping keys that legitimately change when a model is saved and loaded.
@@ -144,7 +110,7 @@ def test_base_model_output_shapes_and_hidden_states():
     assert [f.shape[-2:] for f in outputs.backbone_features] == [
         (height // s, width // s) for s in (8, 16, 32)
     ]
-    assert len(outputs.fpn_features) == NUM_LEVELS
+    assert len(outputs.fpn_features) == len(model.config.anchor_strides)
     assert len(outputs.vision_hidden_states) == config.num_dyhead_layers + 1
     assert all(h.shape == (batch, num_anchors, config.head_channels) for h in outputs.vision_hidden_states)
     assert len(outputs.text_hidden_states) == config.num_dyhead_layers + 1
@@ -209,7 +175,7 @@ def test_save_and_load_round_trip_gives_identical_outputs(tmp_path, model_class)
     # Equal weights do not promise bit-equal outputs: CPU kernels pick their vector paths and summation order by
     # the memory's alignment and the thread split, so only a tight tolerance is guaranteed.
     for field in fields:
-        torch.testing.assert_close(getattr(actual, field), getattr(expected, field), rtol=1e-5, atol=1e-6), field
+        torch.testing.assert_close(getattr(actual, field), getattr(expected, field), rtol=1e-5, atol=1e-6, msg=lambda message: f"{field}: {message}")
     if model_class is GlipModel:
         for got, want in zip(actual.vision_features, expected.vision_features):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
@@ -486,73 +452,6 @@ def test_wrong_attention_mask_shape_raises(validation_model):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# 10. Config validation and presets
-# --------------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("overrides", "field"),
-    [
-        (dict(fpn_channels=64), "fpn_channels"),
-        (dict(group_norm_num_groups=5), "group_norm_num_groups"),
-        (dict(anchor_sizes=[32, 64, 128, 256]), "anchor_sizes"),
-        (dict(anchor_strides=[8, 16, 32, 64, 128, 256]), "anchor_strides"),
-        (dict(fusion_embed_dim=64, fusion_num_heads=5), "fusion_num_heads"),
-        (dict(max_text_len=65), "max_text_len"),
-        (dict(box_coder_weights=[10.0, 10.0, 5.0]), "box_coder_weights"),
-        (dict(num_dyhead_layers=0), "num_dyhead_layers"),
-    ],
-)
-def test_inconsistent_config_raises_naming_the_field(overrides, field):
-    with pytest.raises(ValueError, match=field):
-        tiny_config(**overrides)
-
-
-def test_group_norm_groups_are_not_checked_when_group_norm_is_off():
-    config = tiny_config(use_group_norm=False, group_norm_num_groups=5)
-    assert config.group_norm_num_groups == 5
-
-
-def test_presets():
-    glip_t_a = GlipConfig.from_preset("glip-t-a")
-    assert glip_t_a.early_fusion is False
-    assert glip_t_a.fused_features_dot_product is False
-    assert glip_t_a.has_text_layer == [False] * glip_t_a.num_dyhead_layers
-    assert glip_t_a.legacy_upsampled_offset_reinterpretation is True
-
-    glip_t = GlipConfig.from_preset("glip-t")
-    assert glip_t.early_fusion is True and glip_t.fused_features_dot_product is True
-    assert glip_t.backbone_config.embed_dim == 96 and glip_t.backbone_config.window_size == 7
-    assert glip_t.num_dyhead_layers == 6
-
-    glip_l = GlipConfig.from_preset("glip-l")
-    assert glip_l.backbone_config.window_size == 12
-    assert glip_l.backbone_config.embed_dim == 192
-    assert glip_l.backbone_config.depths == [2, 2, 18, 2]
-    assert glip_l.num_dyhead_layers == 8
-    assert glip_l.backbone_config.out_features == ["stage2", "stage3", "stage4"]
-
-    assert GlipConfig.from_preset("glip-t", max_text_len=128).max_text_len == 128
-    with pytest.raises(ValueError, match=r"Unknown GLIP preset 'glip-xl'"):
-        GlipConfig.from_preset("glip-xl")
-
-
-def test_config_dict_round_trip_keeps_sub_configs():
-    config = tiny_config(num_dyhead_layers=3, early_fusion=False, anchor_sizes=[32, 64, 128, 256, 512])
-    restored = GlipConfig.from_dict(config.to_dict())
-
-    assert restored.to_dict() == config.to_dict()
-    assert restored.backbone_config.model_type == "swin"
-    assert restored.backbone_config.to_dict() == config.backbone_config.to_dict()
-    assert restored.backbone_config.out_features == ["stage2", "stage3", "stage4"]
-    assert isinstance(restored.text_config, BertConfig)
-    assert restored.text_config.to_dict() == config.text_config.to_dict()
-    assert restored.text_config.vocab_size == 1000
-    assert restored.anchor_sizes == [32, 64, 128, 256, 512]
-    assert restored.early_fusion is False and restored.num_dyhead_layers == 3
-
-
-# --------------------------------------------------------------------------------------------------------------
 # 11. Architectural variants
 # --------------------------------------------------------------------------------------------------------------
 
@@ -637,102 +536,3 @@ def test_legacy_offset_reinterpretation_is_irrelevant_with_zero_offsets():
     inputs = tiny_inputs(1, 256, 256, 8)
     with torch.no_grad():
         assert_outputs_close(legacy(**inputs), resampled(**inputs), atol=1e-6, rtol=1e-6)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# 12. Anchors and box coder
-# --------------------------------------------------------------------------------------------------------------
-
-
-def test_anchor_layout_matches_the_original():
-    generator = GlipAnchorGenerator([64, 128, 256, 512, 1024], [8, 16, 32, 64, 128], [1.0])
-    levels = generator.anchors_per_level([(2, 3), (1, 2), (1, 1), (1, 1), (1, 1)], torch.device("cpu"))
-    first_level = levels[0]
-    assert first_level.shape == (6, 4)
-    # A stride-8 cell is centred at (8 - 1) / 2 = 3.5; a 64-pixel box around it spans [-28, 35].
-    assert first_level[0].tolist() == [-28.0, -28.0, 35.0, 35.0]
-    # Row-major with y outer: the next anchor moves one stride right, anchor W moves one stride down.
-    assert first_level[1].tolist() == [-20.0, -28.0, 43.0, 35.0]
-    assert first_level[3].tolist() == [-28.0, -20.0, 35.0, 43.0]
-    # Stride 16, size 128: centre 7.5, half-extent (128 - 1) / 2.
-    assert levels[1][0].tolist() == [-56.0, -56.0, 71.0, 71.0]
-    assert levels[1][1].tolist() == [-40.0, -56.0, 87.0, 71.0]
-    widths = first_level[:, 2] - first_level[:, 0] + 1
-    assert torch.equal(widths, torch.full((6,), 64.0))
-
-
-def test_model_anchors_are_the_generator_anchors_for_every_image():
-    model = build()
-    with torch.no_grad():
-        outputs = model(**tiny_inputs(2, 256, 320, 5))
-    assert outputs.anchors[0, 0].tolist() == [-28.0, -28.0, 35.0, 35.0]
-    assert outputs.anchors[0, 1].tolist() == [-20.0, -28.0, 43.0, 35.0]
-    width = int(outputs.spatial_shapes[0, 1])
-    assert outputs.anchors[0, width].tolist() == [-28.0, -20.0, 35.0, 43.0]
-    # The first anchor of P4 follows the last of P3.
-    p3_size = int(outputs.spatial_shapes[0].prod())
-    assert outputs.anchors[0, p3_size].tolist() == [-56.0, -56.0, 71.0, 71.0]
-    assert torch.equal(outputs.anchors[0], outputs.anchors[1])
-    # pred_boxes are the box_regression decoded on those anchors.
-    decoded = GlipBoxCoder(model.config.box_coder_weights, model.config.box_coder_max_log_scale).decode(
-        outputs.box_regression, outputs.anchors
-    )
-    torch.testing.assert_close(outputs.pred_boxes, decoded)
-
-
-def test_box_coder_round_trip_and_zero_deltas():
-    coder = GlipBoxCoder()
-    generator = torch.Generator().manual_seed(0)
-    anchors = torch.rand(50, 2, generator=generator) * 300
-    anchors = torch.cat([anchors, anchors + 16 + torch.rand(50, 2, generator=generator) * 200], dim=1)
-    boxes = torch.rand(50, 2, generator=generator) * 300
-    boxes = torch.cat([boxes, boxes + 4 + torch.rand(50, 2, generator=generator) * 300], dim=1)
-
-    deltas = coder.encode(boxes, anchors)
-    torch.testing.assert_close(coder.decode(deltas, anchors), boxes, atol=1e-4, rtol=1e-5)
-    torch.testing.assert_close(coder.decode(torch.zeros_like(anchors), anchors), anchors, atol=1e-4, rtol=1e-6)
-    # The +1 width convention: a box one pixel wider than its anchor has dw = 5 * log((w + 1) / w).
-    anchor = torch.tensor([[0.0, 0.0, 9.0, 9.0]])
-    wider = torch.tensor([[0.0, 0.0, 10.0, 9.0]])
-    torch.testing.assert_close(coder.encode(wider, anchor)[0, 2], torch.tensor(5.0 * math.log(11 / 10)))
-    # Huge log-scales are clamped so exp() stays finite.
-    huge = coder.decode(torch.tensor([[0.0, 0.0, 1e4, 1e4]]), anchor)
-    assert torch.isfinite(huge).all()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# 13. timm backbone
-# --------------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """Make any socket connection fail loudly, so a hidden download attempt shows up as an error."""
-
-    def refuse(*args, **kwargs):
-        raise RuntimeError(f"network access attempted: {args[1:] if len(args) > 1 else args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
-def test_timm_backbone_builds_offline_and_runs(no_network):
-    pytest.importorskip("timm")
-    config = tiny_config(backbone_config=None, backbone="resnet18", backbone_kwargs={"out_indices": [2, 3, 4]},
-                         num_dyhead_layers=1)
-    assert config.backbone_config.model_type == "timm_backbone"
-    assert config.backbone_config.backbone == "resnet18"
-    assert not getattr(config, "use_pretrained_backbone", False)
-    torch.manual_seed(0)
-    model = GlipForGrounding(config)
-    randomize_weights_(model)
-    model.eval()
-    assert list(model.model.vision_backbone.backbone.channels) == [128, 256, 512]
-
-    with torch.no_grad():
-        outputs = model(**tiny_inputs(1, 256, 256, 6))
-    assert outputs.spatial_shapes.tolist() == expected_spatial_shapes(256, 256)
-    assert outputs.logits.shape == (1, 1364, 6)
-    assert torch.isfinite(outputs.logits).all() and torch.isfinite(outputs.pred_boxes).all()

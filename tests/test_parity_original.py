@@ -20,6 +20,7 @@ from conftest import require_reference
 from safetensors.torch import load_file
 from transformers import BertConfig
 
+from glip_hf import speed_glip
 from glip_hf.conversion_glip import convert_checkpoint
 
 LEVELS = ["P3", "P4", "P5", "P6", "P7"]
@@ -44,7 +45,7 @@ def reference():
         folder / "original_config.yaml",
         BertConfig.from_json_file(str(folder / "bert_config.json")),
     )
-    model.set_fusion_attention("eager")  # the original's arithmetic; the fast path is compared to it below
+    model.set_attn_implementation("eager")  # the original's arithmetic; the fast paths are compared to it below
     return model, load_file(folder / "inputs.safetensors"), load_file(folder / "outputs.safetensors")
 
 
@@ -156,9 +157,15 @@ def test_the_backbone_alone_matches_to_float32_rounding(reference):
         assert relative_error(ours, outputs[f"backbone.body.stage{index + 3}"]) < MODULE_RTOL
 
 
+def _use_attention(model, form: str, monkeypatch) -> None:
+    """"eager", or `attn_implementation="sdpa"` with the cross-attention as SDPA ("sdpa") or folded ("folded")."""
+    model.set_attn_implementation("eager" if form == "eager" else "sdpa")
+    monkeypatch.setattr(speed_glip, "FOLDED_CROSS_ATTENTION_DEVICES", ("cpu",) if form == "folded" else ())
+
+
 @pytest.mark.parametrize("caption", CAPTIONS)
 @pytest.mark.parametrize("fast", ["sdpa", "folded"])
-def test_fast_attention_path_agrees_with_the_reference_path(reference, caption, fast):
+def test_fast_attention_path_agrees_with_the_reference_path(reference, caption, fast, monkeypatch):
     """Each fast path (SDPA, the GPU default; folded, the CPU default) against the original's clamped arithmetic,
     module by module on the original's inputs, then through the whole model."""
     model, inputs, outputs = reference
@@ -173,17 +180,17 @@ def test_fast_attention_path_agrees_with_the_reference_path(reference, caption, 
                     outputs[f"{caption}.dyhead_tower.{3 * index - 2}.BertEncoderLayer.lang.hidden"]
                 results = {}
                 for implementation in ("eager", fast):
-                    model.set_fusion_attention(implementation)
+                    _use_attention(model, implementation, monkeypatch)
                     fused, fused_text = layer.fusion(vision, text, mask)
                     results[implementation] = (*fused, fused_text, layer.text_layer(fused_text, mask))
                 for position, (eager, ours) in enumerate(zip(results["eager"], results[fast])):
                     errors[f"layer {index} output {position}"] = relative_error(ours, eager)
-            model.set_fusion_attention(fast)
+            _use_attention(model, fast, monkeypatch)
             fast = model(_pixel_values(inputs), inputs[f"{caption}.input_ids"], mask).logits
-            model.set_fusion_attention("eager")
+            _use_attention(model, "eager", monkeypatch)
             slow = model(_pixel_values(inputs), inputs[f"{caption}.input_ids"], mask).logits
     finally:
-        model.set_fusion_attention("eager")
+        model.set_attn_implementation("eager")
     assert max(errors.values()) < MODULE_RTOL, max(errors.items(), key=lambda item: item[1])
     assert relative_error(fast, slow) < CHAIN_RTOL
 

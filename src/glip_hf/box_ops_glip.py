@@ -9,13 +9,15 @@ from __future__ import annotations
 import math
 
 import torch
+from torchvision.ops import box_iou
 
 # Pixel-index boxes include both end pixels: a box from x1 to x2 is x2 - x1 + 1 pixels wide.
 PIXEL_INCLUSIVE = 1.0
 
 
 class GlipBoxCoder:
-    """Encodes boxes as (dx, dy, dw, dh) offsets from anchors and decodes them back.
+    """Encodes boxes as (dx, dy, dw, dh) offsets from anchors and decodes them back, with the +1 widths that
+    released weights were trained with (no library coder has them).
 
     Args:
         weights: (wx, wy, ww, wh) that scale the four offsets.
@@ -63,16 +65,12 @@ class GlipBoxCoder:
         return torch.stack((centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h), dim=-1)
 
 
-def box_area_inclusive(boxes: torch.Tensor) -> torch.Tensor:
-    """Area of pixel-index boxes (..., 4) with the +1 convention."""
-    return (boxes[..., 2] - boxes[..., 0] + PIXEL_INCLUSIVE) * (boxes[..., 3] - boxes[..., 1] + PIXEL_INCLUSIVE)
-
-
 def box_iou_inclusive(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU (N, M) of xyxy boxes with the +1 convention of the original's `boxlist_iou` and NMS."""
-    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    overlap = (bottom_right - top_left + PIXEL_INCLUSIVE).clamp(min=0)
-    intersection = overlap[..., 0] * overlap[..., 1]
-    union = box_area_inclusive(boxes1)[:, None] + box_area_inclusive(boxes2)[None, :] - intersection
-    return intersection / union
+    """Pairwise IoU (N, M) of xyxy boxes with the +1 convention of the original's `boxlist_iou` and NMS:
+    torchvision's IoU of the boxes with x2 and y2 moved out by one pixel."""
+    return box_iou(shift_inclusive(boxes1), shift_inclusive(boxes2))
+
+
+def shift_inclusive(boxes: torch.Tensor) -> torch.Tensor:
+    """Pixel-index boxes (..., 4) as the equivalent boxes without the +1 (x2 and y2 one pixel further out)."""
+    return boxes + boxes.new_tensor([0.0, 0.0, PIXEL_INCLUSIVE, PIXEL_INCLUSIVE])

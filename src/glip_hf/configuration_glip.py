@@ -13,6 +13,8 @@ from transformers.models.auto import CONFIG_MAPPING, AutoConfig
 SWIN_TINY = dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7, drop_path_rate=0.2)
 SWIN_LARGE = dict(embed_dim=192, depths=[2, 2, 18, 2], num_heads=[6, 12, 24, 48], window_size=12, drop_path_rate=0.4)
 SWIN_OUT_FEATURES = ["stage2", "stage3", "stage4"]
+# The original clamps activations to +-CLAMP_VALUE so that fp16 training cannot overflow (the `*_clamp_*` fields).
+CLAMP_VALUE = 50000.0
 
 # What distinguishes the released variants, on top of the GLIP-T (C) defaults of `GlipConfig`.
 PRESETS = {
@@ -156,8 +158,8 @@ class GlipConfig(PreTrainedConfig):
             tower's output, as the original's `ADD_LINEAR_LAYER` ("prompt tuning" of the GLIP paper).
         max_prompts_per_pass (`int`, *optional*): run at most this many prompt rows (captions, or chunks of a long
             class list) through the text tower and the DyHead at once; the vision tower still runs once. Bounds
-            memory with long vocabularies. None (default): all rows at once on accelerators; on CPUs as many rows as
-            make 512x512 pixels (one row for an 800x800 image), which is faster there than one large batch.
+            memory with long vocabularies. None (default): `speed_glip.prompt_rows_per_pass` decides (all rows at
+            once on accelerators; on CPUs as many rows as make `speed_glip.CPU_PIXELS_PER_PASS` pixels).
         legacy_upsampled_offset_reinterpretation (`bool`): reproduce the original CUDA kernel's bug in the DyConv
             branch that reads the finer level's offsets for a coarser map (see `fusion_glip.DyConv`). Converted
             checkpoints switch it on because their weights were trained with it.
@@ -245,10 +247,6 @@ class GlipConfig(PreTrainedConfig):
     @property
     def hidden_size(self) -> int:
         return self.head_channels
-
-    @property
-    def text_hidden_size(self) -> int:
-        return self.text_config.hidden_size
 
     @property
     def num_anchors_per_location(self) -> int:

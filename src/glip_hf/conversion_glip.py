@@ -86,9 +86,9 @@ RENAME_RULES = [
     (r"backbone\.body\.layers\.(\d+)\.downsample\.(reduction|norm)\.(\w+)", SWIN + r"swin.encoder.layers.\1.downsample.\2.\3"),
     # norm1..norm3 normalise the stride 8/16/32 outputs, transformers' stage2..stage4.
     (r"backbone\.body\.norm(\d)\.(\w+)", SWIN + r"hidden_states_norms.stage{\1+1}.\2"),
-    (r"backbone\.fpn\.fpn_inner(\d)\.(\w+)", r"model.vision_backbone.fpn.lateral_convs.{\1-2}.\2"),
-    (r"backbone\.fpn\.fpn_layer(\d)\.(\w+)", r"model.vision_backbone.fpn.output_convs.{\1-2}.\2"),
-    (r"backbone\.fpn\.top_blocks\.(p6|p7)\.(\w+)", r"model.vision_backbone.fpn.\1_conv.\2"),
+    (r"backbone\.fpn\.fpn_inner(\d)\.(\w+)", r"model.vision_backbone.fpn.inner_blocks.{\1-2}.0.\2"),
+    (r"backbone\.fpn\.fpn_layer(\d)\.(\w+)", r"model.vision_backbone.fpn.layer_blocks.{\1-2}.0.\2"),
+    (r"backbone\.fpn\.top_blocks\.(p6|p7)\.(\w+)", r"model.vision_backbone.fpn.extra_blocks.\1.\2"),
     (r"language_backbone\.body\.model\.(.+)", r"model.text_backbone.\1"),
     (r"rpn\.head\.(bbox_pred|centerness)\.(\w+)", r"head.\1.\2"),
     (r"rpn\.head\.scales\.(\d+)\.scale", r"head.scales.\1.scale"),

@@ -40,9 +40,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .box_ops_glip import PIXEL_INCLUSIVE
 from .image_processing_glip import get_resize_output_size, to_rgb_pil_image
 from .processing_glip import (
-    DETECTION_SEPARATOR, build_detection_prompt, clean_class_name, find_phrase_spans, load_tokenizer,
+    DETECTION_SEPARATOR,
+    build_detection_prompt,
+    clean_class_name,
+    find_phrase_spans,
+    load_tokenizer,
     spans_to_token_map,
 )
 
@@ -68,9 +73,6 @@ GROUNDING_FEATURES = Features({
 
 logger = logging.getLogger(__name__)
 
-# maskrcnn_benchmark's inclusive pixel convention: a box [x1, x2] covers x2 - x1 + 1 pixels ("TO_REMOVE = 1").
-TO_REMOVE = 1
-
 
 # ----- boxes -------------------------------------------------------------------------------------------------------
 
@@ -80,8 +82,8 @@ def clip_boxes_inclusive(boxes, width: int, height: int) -> tuple[torch.Tensor, 
     As `BoxList.clip_to_image(remove_empty=True)` and `ConvertCocoPolysToMask`: kept iff x2 > x1 and y2 > y1.
     """
     boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).clone()
-    boxes[:, 0::2].clamp_(min=0, max=width - TO_REMOVE)
-    boxes[:, 1::2].clamp_(min=0, max=height - TO_REMOVE)
+    boxes[:, 0::2].clamp_(min=0, max=width - PIXEL_INCLUSIVE)
+    boxes[:, 1::2].clamp_(min=0, max=height - PIXEL_INCLUSIVE)
     keep = (boxes[:, 3] > boxes[:, 1]) & (boxes[:, 2] > boxes[:, 0])
     return boxes, keep
 
@@ -89,7 +91,7 @@ def clip_boxes_inclusive(boxes, width: int, height: int) -> tuple[torch.Tensor, 
 def xywh_to_inclusive_xyxy(boxes) -> torch.Tensor:
     """COCO [x, y, w, h] -> float32 [x, y, x + w - 1, y + h - 1]: the original's `boxes[:, 2:] += boxes[:, :2] - 1`."""
     boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).clone()
-    boxes[:, 2:] += boxes[:, :2] - TO_REMOVE
+    boxes[:, 2:] += boxes[:, :2] - PIXEL_INCLUSIVE
     return boxes
 
 
@@ -104,7 +106,7 @@ def resize_boxes(boxes: torch.Tensor, old_size: tuple[int, int], new_size: tuple
 
 def flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
     """Horizontal flip, `BoxList.transpose(FLIP_LEFT_RIGHT)`: x1' = W - x2 - 1, x2' = W - x1 - 1."""
-    return torch.stack((width - boxes[:, 2] - TO_REMOVE, boxes[:, 1], width - boxes[:, 0] - TO_REMOVE, boxes[:, 3]),
+    return torch.stack((width - boxes[:, 2] - PIXEL_INCLUSIVE, boxes[:, 1], width - boxes[:, 0] - PIXEL_INCLUSIVE, boxes[:, 3]),
                        dim=-1)
 
 
@@ -394,7 +396,7 @@ def _odvg_label_map(jsonl_file, label_map) -> dict[int, str]:
 def _odvg_boxes(xyxy, width, height, exclusive_boxes, report, where):
     boxes = torch.as_tensor(xyxy, dtype=torch.float32).reshape(-1, 4).clone()
     if exclusive_boxes:  # [x, y, x + w, y + h] (Open-GroundingDino's coco2odvg) -> the inclusive convention
-        boxes[:, 2:] -= TO_REMOVE
+        boxes[:, 2:] -= PIXEL_INCLUSIVE
     boxes, keep = _checked_boxes(boxes, width, height, report, where)
     return boxes[torch.tensor(keep, dtype=torch.bool)].tolist(), keep
 

@@ -1,18 +1,18 @@
 """Modulated deformable 3x3 convolution (DCNv2) without a compiled extension of our own.
 
-Two equivalent implementations: torchvision's `deform_conv2d` kernel (used on CUDA in float32), and a
-`grid_sample` + matrix-product form (used elsewhere: torchvision's CPU backward is single-threaded and dominated a
-CPU training step by 70%, while this form runs on PyTorch's threaded kernels and autograd). Both sample the input
-bilinearly at `p * stride - padding + tap + offset`, with zeros outside the image, and weight each tap by its mask.
+Two equivalent implementations: torchvision's `deform_conv2d` kernel, and a `grid_sample` + matrix-product form
+whose backward runs on PyTorch's threaded kernels. Both sample the input bilinearly at
+`p * stride - padding + tap + offset`, with zeros outside the image, and weight each tap by its mask. Which one runs
+on which device is decided in `speed_glip`.
 
 Under autocast the sampling always runs in float32: positions such as 150.3 px are not representable in bf16.
 On CUDA the matrix product then runs in the autocast dtype, as autocast does for an ordinary convolution (it is
-most of the deformable conv's arithmetic, and torchvision's kernel would keep it in float32); at inference the
-sampling there is one Triton kernel that writes the columns in that dtype (`deform_im2col_triton`).
+most of the deformable conv's arithmetic); there the sampling can be one Triton kernel that writes the columns in
+that dtype (`deform_im2col_triton`).
 
 In training the samples are not kept for the backward (`RecomputedSamplingDeformConv`): autograd through
-`grid_sample` would keep the float32 samples and the masked columns, 9x the input each, which was 45% of all that a
-GLIP-T training step keeps. The backward samples again, from the kept input, offsets and mask.
+`grid_sample` would keep the float32 samples and the masked columns, 9x the input each. The backward samples
+again, from the kept input, offsets and mask.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from torch.autograd.function import once_differentiable
 from torchvision.ops import deform_conv2d
 
 # Imported by name (not `from . import`): transformers' remote code copies the modules found in such lines.
-from .deform_im2col_triton import deform_im2col, triton_available
+from .deform_im2col_triton import deform_im2col
+from .speed_glip import deform_conv_uses_torchvision, grid_sample_channel_groups, sampling_uses_triton
 
 KERNEL_SIZE = 3
-CPU_CHANNELS_PER_GROUP = 16
 
 
 def _sampling_grid(offset: torch.Tensor, input_size, stride: int, padding: int) -> torch.Tensor:
@@ -54,25 +54,14 @@ def needs_grad(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
 
 
-def _cpu_channel_groups(channels: int) -> int:
-    """Channel groups that `grid_sample` sees as separate images on a CPU, `CPU_CHANNELS_PER_GROUP` channels each.
-
-    Its CPU kernels divide the work between threads by image only, and loop over channels innermost, so that one
-    image of 256 channels runs on one core and its backward scatters into a gradient plane far larger than the
-    caches. At 16 channels per group an 800x800 image's P3 map samples 2.3x and back-propagates 5x faster on 2
-    cores. Channel counts that 16 does not divide stay whole.
-    """
-    return channels // CPU_CHANNELS_PER_GROUP if channels % CPU_CHANNELS_PER_GROUP == 0 else 1
-
-
 def _grid_sample_operands(x, offset, stride: int, padding: int):
-    """x and the sampling grid as `grid_sample` takes them: on a CPU, the channels in groups as separate images.
+    """x and the sampling grid as `grid_sample` takes them, the channels in `speed_glip`'s groups as separate images.
 
     Returns x (B*G, C/G, H, W), grid (B*G, K*Ho, Wo, 2) and the number of groups G.
     """
     batch, channels = x.shape[:2]
     grid = _sampling_grid(offset, x.shape[-2:], stride, padding).to(x.dtype)
-    groups = 1 if x.is_cuda else _cpu_channel_groups(channels)
+    groups = grid_sample_channel_groups(x)
     if groups > 1:
         x = x.reshape(batch * groups, channels // groups, *x.shape[-2:])
         grid = grid.repeat_interleave(groups, dim=0)
@@ -98,7 +87,7 @@ def sampled_columns(x, offset, mask, stride: int = 1, padding: int = 1) -> torch
     return sampled.reshape(batch, channels * KERNEL_SIZE * KERNEL_SIZE, -1)
 
 
-def deform_conv2d_sampled(x, offset, mask, weight, bias, stride: int = 1, padding: int = 1,
+def _deform_conv2d_sampled(x, offset, mask, weight, bias, stride: int = 1, padding: int = 1,
                           matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Same result as `torchvision.ops.deform_conv2d(x, offset, weight, bias, stride, padding, mask=mask)` for 3x3
     kernels, through `grid_sample` and one matrix product per image (in `matmul_dtype` when given, else x's)."""
@@ -128,7 +117,7 @@ class ModulatedDeformConv2d(nn.Module):
         on_cuda = x.is_cuda
         autocast = torch.is_autocast_enabled(x.device.type)
         if x.dtype in (torch.float32, torch.float64) and not autocast:
-            if on_cuda:
+            if deform_conv_uses_torchvision(x):
                 return _torchvision_deform_conv(x, offset, mask, self.weight, self.bias, self.stride)
             return _sampled_deform_conv(x, offset, mask, self.weight, self.bias, self.stride, x.dtype)
         # Sampling positions are sensitive to rounding (and torchvision's kernel has no autocast rule for reduced
@@ -141,37 +130,36 @@ class ModulatedDeformConv2d(nn.Module):
 
 
 def _sampled_deform_conv(x, offset, mask, weight, bias, stride, matmul_dtype):
-    """The deformable conv as sampling (Triton on CUDA, else `grid_sample`) + product in `matmul_dtype`; its
-    output is in `matmul_dtype`."""
-    im2col = _triton_columns if triton_available(x) else _grid_sample_columns
+    """The deformable conv as sampling (Triton or `grid_sample`, see `speed_glip`) + product in `matmul_dtype`;
+    its output is in `matmul_dtype`."""
+    use_triton = sampling_uses_triton(x)
     if needs_grad(x, offset, mask, weight, bias):
-        return RecomputedSamplingDeformConv.apply(x, offset, mask, weight, bias, stride, matmul_dtype, im2col)
-    columns = im2col(x, offset, mask, stride, matmul_dtype)
+        return RecomputedSamplingDeformConv.apply(x, offset, mask, weight, bias, stride, matmul_dtype, use_triton)
+    columns = _columns(x, offset, mask, stride, matmul_dtype, use_triton)
     return columns_times_weight(columns, weight, bias, offset.shape[-2:], matmul_dtype, matmul_dtype)
 
 
-def _triton_columns(x, offset, mask, stride, dtype):
-    return deform_im2col(x, offset, mask, stride, 1, dtype)
-
-
-def _grid_sample_columns(x, offset, mask, stride, dtype):
-    return sampled_columns(x, offset, mask, stride)  # in x's dtype: the product casts (on CUDA without Triton)
+def _columns(x, offset, mask, stride: int, matmul_dtype, use_triton: bool) -> torch.Tensor:
+    """The im2col columns: Triton writes them in `matmul_dtype`; `grid_sample` in x's dtype (the product casts)."""
+    if use_triton:
+        return deform_im2col(x, offset, mask, stride, 1, matmul_dtype)
+    return sampled_columns(x, offset, mask, stride)
 
 
 class RecomputedSamplingDeformConv(torch.autograd.Function):
     """Deformable conv for training that keeps only its inputs: the backward samples again.
 
-    The forward samples with `im2col(x, offset, mask, stride, matmul_dtype)` and multiplies by the weight in
+    The forward samples (with the Triton kernel when `use_triton`, else `grid_sample`) and multiplies by the weight in
     `matmul_dtype`. The backward samples again through `grid_sample` in the inputs' dtype (float32 under autocast)
     for the weight's gradient, and calls `grid_sample`'s own backward for those of x and the offsets, one conv at a
     time. It spells the chain rule out rather than calling `torch.autograd.grad`, which `torch.compile` cannot trace.
     """
 
     @staticmethod
-    def forward(ctx, x, offset, mask, weight, bias, stride, matmul_dtype, im2col):
+    def forward(ctx, x, offset, mask, weight, bias, stride, matmul_dtype, use_triton):
         ctx.save_for_backward(x, offset, mask, weight)
         ctx.stride, ctx.matmul_dtype = stride, matmul_dtype
-        columns = im2col(x, offset, mask, stride, matmul_dtype)
+        columns = _columns(x, offset, mask, stride, matmul_dtype, use_triton)
         return columns_times_weight(columns, weight, bias, offset.shape[-2:], matmul_dtype, matmul_dtype)
 
     @staticmethod
@@ -228,6 +216,5 @@ __all__ = [
     "ModulatedDeformConv2d",
     "RecomputedSamplingDeformConv",
     "columns_times_weight",
-    "deform_conv2d_sampled",
     "sampled_columns",
 ]

@@ -8,6 +8,8 @@ import io
 import numpy as np
 import torch
 
+from .box_ops_glip import PIXEL_INCLUSIVE
+
 COCO_METRIC_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
 # Columns of the fixed-size detection arrays the trainer gathers: box (4), score, label, valid.
 DETECTION_COLUMNS = 7
@@ -32,7 +34,7 @@ def pack_detections(results: list[dict], max_detections: int) -> torch.Tensor:
 def packed_to_coco_results(packed, image_ids, label_to_category, inclusive_width: bool = True) -> list[dict]:
     """COCO result entries; boxes go back to [x, y, w, h] with the original's +1 width (inclusive pixels) for COCO
     evaluation, without it for LVIS (`inclusive_width=False`, as the original's LVIS evaluator)."""
-    extra = 1.0 if inclusive_width else 0.0
+    extra = PIXEL_INCLUSIVE if inclusive_width else 0
     entries = []
     for detections, image_id in zip(np.asarray(packed), np.asarray(image_ids).reshape(-1)):
         for x1, y1, x2, y2, score, label, valid in detections:

@@ -1,7 +1,8 @@
 """The vision-language DyHead of GLIP: bi-directional cross-attention, BERT layers with clamps, and DyConv.
 
 Each DyHead layer runs, in order: the cross-attention early fusion (vision and text update each other), a BERT
-layer on the text, and a DyConv on every pyramid level. Leaf modules take explicit sizes, not the config.
+layer on the text, and a DyConv on every pyramid level. The blocks take the `GlipConfig`; the attention form follows
+its `_attn_implementation` ("eager": the original's arithmetic, "sdpa": fused kernels, see `speed_glip`).
 """
 
 from __future__ import annotations
@@ -12,29 +13,13 @@ from torch import nn
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 
+from .configuration_glip import CLAMP_VALUE
 from .deform_conv_glip import ModulatedDeformConv2d
+from .speed_glip import cross_attention_form
+from .vision_glip import flatten_levels, unflatten_levels
 
-# The original clamps activations to this range so that fp16 training cannot overflow.
-CLAMP_VALUE = 50000.0
 # Additive attention-mask value the original uses for padded text tokens in the cross-attention.
 TEXT_PAD_LOGIT = -9e15
-
-
-def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    """relu6(x + 3) / 6, the gate used by DyReLU and the scale-aware attention."""
-    return F.relu6(x + 3.0) / 6.0
-
-
-def flatten_levels(features_per_level: list[torch.Tensor]) -> torch.Tensor:
-    """[(batch, C, H_l, W_l)] -> (batch, sum_l H_l * W_l, C), levels concatenated in order, rows row-major."""
-    return torch.cat([f.flatten(2).transpose(1, 2) for f in features_per_level], dim=1)
-
-
-def unflatten_levels(tokens: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Inverse of `flatten_levels`, with the spatial sizes taken from `like`."""
-    sizes = [f.shape[-2] * f.shape[-1] for f in like]
-    chunks = tokens.transpose(1, 2).split(sizes, dim=2)
-    return [chunk.reshape(f.shape[0], -1, f.shape[-2], f.shape[-1]) for chunk, f in zip(chunks, like)]
 
 
 class GlipBiAttention(nn.Module):
@@ -44,23 +29,22 @@ class GlipBiAttention(nn.Module):
     Both directions share one logit matrix, as in the original.
     """
 
-    def __init__(self, vision_dim, text_dim, embed_dim, num_heads, dropout=0.1, clamp_min=True, clamp_max=True):
+    def __init__(self, config):
         super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads
+        self.config = config  # read at call time: `set_attn_implementation` changes the attention form
+        vision_dim, text_dim, embed_dim = config.head_channels, config.text_config.hidden_size, config.fusion_embed_dim
+        self.num_heads = config.fusion_num_heads
+        self.head_dim = embed_dim // self.num_heads
         self.scale = self.head_dim**-0.5
-        self.dropout = dropout
-        self.clamp_min = -CLAMP_VALUE if clamp_min else None
-        self.clamp_max = CLAMP_VALUE if clamp_max else None
+        self.dropout = config.fusion_attention_dropout
+        self.clamp_min = -CLAMP_VALUE if config.fusion_clamp_min else None
+        self.clamp_max = CLAMP_VALUE if config.fusion_clamp_max else None
         self.vision_query_proj = nn.Linear(vision_dim, embed_dim)
         self.text_key_proj = nn.Linear(text_dim, embed_dim)
         self.vision_value_proj = nn.Linear(vision_dim, embed_dim)
         self.text_value_proj = nn.Linear(text_dim, embed_dim)
         self.vision_out_proj = nn.Linear(embed_dim, vision_dim)
         self.text_out_proj = nn.Linear(embed_dim, text_dim)
-        self.attention_implementation = "auto"  # see GlipPreTrainedModel.set_fusion_attention
-        for projection in self.children():
-            projection.glip_init = "xavier"
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
@@ -78,9 +62,7 @@ class GlipBiAttention(nn.Module):
 
         Returns the updates (B, N, Cv) and (B, T, Ct).
         """
-        implementation = self.attention_implementation
-        if implementation == "auto":
-            implementation = "sdpa" if vision_tokens.is_cuda else "folded"
+        implementation = cross_attention_form(self.config._attn_implementation, vision_tokens.device)
         # The original adds the integer mask itself: +1 on real tokens (no effect on the softmax), -9e15 on pads.
         mask_bias = torch.where(text_mask.bool(), 1.0, TEXT_PAD_LOGIT)[:, None, None, :]
         dropout = self.dropout if self.training else 0.0
@@ -104,8 +86,8 @@ class GlipBiAttention(nn.Module):
     def _folded(self, vision_tokens, text_tokens, mask_bias, dropout):
         """The eager arithmetic with the three (N, Cv) x (Cv, E) projections of the visual tokens folded into the
         T << N text tokens: logits = (X Wq' + bq) K' = X (Wq' K') + bq K'; P (V Wo') replaces the vision output
-        projection and (P' X) Wv' the vision value projection. 2.6x fewer FLOPs for GLIP-T's fusion. The clamps are
-        left out as in SDPA (see `forward`).
+        projection and (P' X) Wv' the vision value projection, so that the large operand is multiplied once. The
+        clamps are left out as in SDPA (see `forward`).
         """
         heads = (self.num_heads, self.head_dim)
         key = self.text_key_proj(text_tokens).unflatten(-1, heads) * self.scale  # (B, T, H, d)
@@ -157,13 +139,14 @@ class GlipBiAttention(nn.Module):
 class GlipFusionBlock(nn.Module):
     """Pre-norm bi-directional attention with layer scale. The residual adds to the *normalised* inputs."""
 
-    def __init__(self, vision_dim, text_dim, embed_dim, num_heads, dropout, layer_scale_init, clamp_min, clamp_max):
+    def __init__(self, config):
         super().__init__()
+        vision_dim, text_dim = config.head_channels, config.text_config.hidden_size
         self.vision_layer_norm = nn.LayerNorm(vision_dim)
         self.text_layer_norm = nn.LayerNorm(text_dim)
-        self.attention = GlipBiAttention(vision_dim, text_dim, embed_dim, num_heads, dropout, clamp_min, clamp_max)
-        self.vision_gamma = nn.Parameter(torch.full((vision_dim,), float(layer_scale_init)))
-        self.text_gamma = nn.Parameter(torch.full((text_dim,), float(layer_scale_init)))
+        self.attention = GlipBiAttention(config)
+        self.vision_gamma = nn.Parameter(torch.full((vision_dim,), float(config.fusion_layer_scale_init)))
+        self.text_gamma = nn.Parameter(torch.full((text_dim,), float(config.fusion_layer_scale_init)))
 
     def forward(self, vision_features, text_features, text_mask):
         """vision_features: [(B, C, H_l, W_l)] per level; text_features (B, T, D). Returns both updated."""
@@ -176,29 +159,29 @@ class GlipFusionBlock(nn.Module):
 
 
 class GlipTextLayer(nn.Module):
-    """A BERT encoder layer with the original's clamps on attention scores and on the feed-forward activations."""
+    """A BERT encoder layer (the text tower's dims) with the original's clamps on attention scores and on the
+    feed-forward activations. Eager attention is the original's arithmetic; otherwise SDPA."""
 
-    def __init__(self, hidden_size, num_heads, intermediate_size, hidden_act, layer_norm_eps, dropout,
-                 attention_dropout, clamp_min=True, clamp_max=True):
+    def __init__(self, config):
         super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = hidden_size // num_heads
-        self.clamp_min = -CLAMP_VALUE if clamp_min else None
-        self.clamp_max = CLAMP_VALUE if clamp_max else None
+        self.config = config  # read at call time: `set_attn_implementation` changes the attention form
+        text = config.text_config
+        hidden_size, layer_norm_eps = text.hidden_size, text.layer_norm_eps
+        self.num_heads = text.num_attention_heads
+        self.head_dim = hidden_size // self.num_heads
+        self.clamp_min = -CLAMP_VALUE if config.text_layer_clamp_min else None
+        self.clamp_max = CLAMP_VALUE if config.text_layer_clamp_max else None
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
         self.attention_output = nn.Linear(hidden_size, hidden_size)
         self.attention_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.intermediate = nn.Linear(hidden_size, intermediate_size)
-        self.activation = ACT2FN[hidden_act]
-        self.output = nn.Linear(intermediate_size, hidden_size)
+        self.intermediate = nn.Linear(hidden_size, text.intermediate_size)
+        self.activation = ACT2FN[text.hidden_act]
+        self.output = nn.Linear(text.intermediate_size, hidden_size)
         self.output_layer_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
-        self.attention_dropout = nn.Dropout(attention_dropout)
-        for linear in (self.query, self.key, self.value, self.attention_output, self.intermediate, self.output):
-            linear.glip_init = "text"
-        self.attention_implementation = "auto"
+        self.dropout = nn.Dropout(text.hidden_dropout_prob)
+        self.attention_dropout = nn.Dropout(text.attention_probs_dropout_prob)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
@@ -207,7 +190,7 @@ class GlipTextLayer(nn.Module):
         """hidden_states (B, T, D), text_mask (B, T) 1 = real token. Returns (B, T, D)."""
         query, key, value = (self._heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
         pad_bias = (1.0 - text_mask[:, None, None, :].to(query.dtype)) * torch.finfo(query.dtype).min
-        if self.attention_implementation != "eager":  # "auto", "sdpa" and "folded" all mean SDPA here
+        if self.config._attn_implementation != "eager":
             dropout = self.attention_dropout.p if self.training else 0.0
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=pad_bias, dropout_p=dropout)
         else:
@@ -228,14 +211,14 @@ class GlipTextLayer(nn.Module):
 class GlipDyReLU(nn.Module):
     """Dynamic ReLU (two pieces with bias): out = max(x * a1 + b1, x * a2 + b2), coefficients from the global mean."""
 
-    def __init__(self, channels: int, reduction: int = 4):
+    def __init__(self, *, channels: int, reduction: int = 4):
         super().__init__()
         self.channels = channels
         self.squeeze = nn.Linear(channels, channels // reduction)
         self.expand = nn.Linear(channels // reduction, 4 * channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        coefficients = hard_sigmoid(self.expand(F.relu(self.squeeze(F.adaptive_avg_pool2d(x, 1).flatten(1)))))
+        coefficients = F.hardsigmoid(self.expand(F.relu(self.squeeze(F.adaptive_avg_pool2d(x, 1).flatten(1)))))
         a1, b1, a2, b2 = coefficients[:, :, None, None].split(self.channels, dim=1)
         # lambda_a = 2 and init_a = (1, 0), init_b = (0, 0) as in the original.
         return torch.maximum(x * ((a1 - 0.5) * 2.0 + 1.0) + (b1 - 0.5), x * ((a2 - 0.5) * 2.0) + (b2 - 0.5))
@@ -244,7 +227,7 @@ class GlipDyReLU(nn.Module):
 class ConvNorm(nn.Module):
     """A (deformable) 3x3 conv followed by GroupNorm, or by nothing when `num_groups` is None."""
 
-    def __init__(self, channels, stride, num_groups, eps):
+    def __init__(self, *, channels: int, stride: int, num_groups: int | None, eps: float):
         super().__init__()
         self.conv = ModulatedDeformConv2d(channels, channels, stride)
         self.norm = nn.GroupNorm(num_groups, channels, eps=eps) if num_groups else nn.Identity()
@@ -281,18 +264,18 @@ class GlipDyConv(nn.Module):
     the weighted terms goes through DyReLU.
     """
 
-    def __init__(self, channels, use_deformable_conv, use_scale_aware_attention, use_dyrelu, num_groups,
-                 group_norm_eps, legacy_upsampled_offset_reinterpretation=False):
+    def __init__(self, config):
         super().__init__()
-        self.conv_same = ConvNorm(channels, 1, num_groups, group_norm_eps)
-        self.conv_from_finer = ConvNorm(channels, 2, num_groups, group_norm_eps)
-        self.conv_from_coarser = ConvNorm(channels, 1, num_groups, group_norm_eps)
-        self.offset_conv = nn.Conv2d(channels, 27, 3, padding=1) if use_deformable_conv else None
-        if self.offset_conv is not None:
-            self.offset_conv.glip_init = "zeros"
-        self.scale_attention = nn.Conv2d(channels, 1, 1) if use_scale_aware_attention else None
-        self.activation = GlipDyReLU(channels) if use_dyrelu else nn.ReLU()
-        self.legacy_upsampled_offset_reinterpretation = legacy_upsampled_offset_reinterpretation
+        channels = config.head_channels
+        norm = dict(num_groups=config.group_norm_num_groups if config.use_group_norm else None,
+                    eps=config.group_norm_eps)
+        self.conv_same = ConvNorm(channels=channels, stride=1, **norm)
+        self.conv_from_finer = ConvNorm(channels=channels, stride=2, **norm)
+        self.conv_from_coarser = ConvNorm(channels=channels, stride=1, **norm)
+        self.offset_conv = nn.Conv2d(channels, 27, 3, padding=1) if config.use_deformable_conv else None
+        self.scale_attention = nn.Conv2d(channels, 1, 1) if config.use_scale_aware_attention else None
+        self.activation = GlipDyReLU(channels=channels) if config.use_dyrelu else nn.ReLU()
+        self.legacy_upsampled_offset_reinterpretation = config.legacy_upsampled_offset_reinterpretation
 
     def _coarser_offsets(self, offset, mask, size):
         if self.legacy_upsampled_offset_reinterpretation:
@@ -325,7 +308,7 @@ class GlipDyConv(nn.Module):
             terms = self._level_terms(features, level)  # (num_terms, B, C, H, W)
             if self.scale_attention is not None:
                 gate = F.relu(self.scale_attention(F.adaptive_avg_pool2d(terms.flatten(0, 1), 1)))
-                terms = terms * hard_sigmoid(gate).view(terms.shape[0], terms.shape[1], 1, 1, 1)
+                terms = terms * F.hardsigmoid(gate).view(terms.shape[0], terms.shape[1], 1, 1, 1)
             outputs.append(self.activation(terms.mean(dim=0)))
         return outputs
 
@@ -335,26 +318,9 @@ class GlipDyHeadLayer(GradientCheckpointingLayer):
 
     def __init__(self, config, has_text_layer: bool):
         super().__init__()
-        text = config.text_config
-        self.fusion = None
-        if config.early_fusion:
-            self.fusion = GlipFusionBlock(
-                config.head_channels, text.hidden_size, config.fusion_embed_dim, config.fusion_num_heads,
-                config.fusion_attention_dropout, config.fusion_layer_scale_init,
-                config.fusion_clamp_min, config.fusion_clamp_max,
-            )
-        self.text_layer = None
-        if has_text_layer:
-            self.text_layer = GlipTextLayer(
-                text.hidden_size, text.num_attention_heads, text.intermediate_size, text.hidden_act,
-                text.layer_norm_eps, text.hidden_dropout_prob, text.attention_probs_dropout_prob,
-                config.text_layer_clamp_min, config.text_layer_clamp_max,
-            )
-        self.dyconv = GlipDyConv(
-            config.head_channels, config.use_deformable_conv, config.use_scale_aware_attention, config.use_dyrelu,
-            config.group_norm_num_groups if config.use_group_norm else None, config.group_norm_eps,
-            config.legacy_upsampled_offset_reinterpretation,
-        )
+        self.fusion = GlipFusionBlock(config) if config.early_fusion else None
+        self.text_layer = GlipTextLayer(config) if has_text_layer else None
+        self.dyconv = GlipDyConv(config)
 
     def forward(self, text_features, text_mask, *vision_features):
         """text_features (B, T, D), text_mask (B, T), then one (B, C, H_l, W_l) tensor per level.

@@ -8,26 +8,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fusion_glip import CLAMP_VALUE, flatten_levels
+from .box_ops_glip import PIXEL_INCLUSIVE
+from .configuration_glip import CLAMP_VALUE
+from .vision_glip import flatten_levels
 
 
 def cell_anchors(stride: int, sizes: list[float], aspect_ratios: list[float]) -> list[list[float]]:
     """Anchors [len(ratios) * len(sizes)] x 4 of one cell at the origin, in the original's pixel-index layout.
 
     A square base box [0, stride-1] is reshaped to each aspect ratio (rounded sides, as the original), then scaled
-    to each size; every box keeps the base centre (stride-1)/2.
+    to each size; every box keeps the base centre (stride-1)/2. Pixel-index boxes (+1 widths), because released
+    weights regress from these exact anchors; torchvision's anchor generator centres them differently.
     """
-    centre = (stride - 1) / 2.0
+    centre = (stride - PIXEL_INCLUSIVE) / 2.0
     anchors = []
     for ratio in aspect_ratios:
         base_w = round(math.sqrt(stride * stride / ratio))
         base_h = round(base_w * ratio)
         for size in sizes:
             width, height = base_w * size / stride, base_h * size / stride
-            anchors.append(
-                [centre - 0.5 * (width - 1), centre - 0.5 * (height - 1),
-                 centre + 0.5 * (width - 1), centre + 0.5 * (height - 1)]
-            )
+            half_w, half_h = 0.5 * (width - PIXEL_INCLUSIVE), 0.5 * (height - PIXEL_INCLUSIVE)
+            anchors.append([centre - half_w, centre - half_h, centre + half_w, centre + half_h])
     return anchors
 
 
@@ -93,26 +94,22 @@ class GlipGroundingHead(nn.Module):
 
     The token logits are a scaled dot product between every anchor's feature and a projection of each
     L2-normalised text token, plus a per-token bias: `(v . proj(e / 2)) / exp(log_scale) + e . bias_lang + bias0`.
-
-    Args:
-        channels: feature channels of the tower.
-        text_dim: hidden size of the text features.
-        num_levels: number of pyramid levels.
-        prior_prob: initial probability of the token logits, through `bias0`.
-        log_scale_init: initial log temperature.
-        clamp_dot_product: clamp the logits to +-50000 as the original.
+    Sizes come from the config (`head_channels`, the text tower's hidden size, one box scale per anchor stride);
+    `prior_prob` sets the initial token probability through `bias0`, `log_scale_init` the initial log temperature,
+    and `clamp_dot_product` clamps the logits to +-CLAMP_VALUE as the original.
     """
 
-    def __init__(self, channels, text_dim, num_levels=5, prior_prob=0.01, log_scale_init=0.0, clamp_dot_product=True):
+    def __init__(self, config):
         super().__init__()
-        self.prior_prob = prior_prob
-        self.log_scale_init = log_scale_init
-        self.clamp_dot_product = clamp_dot_product
+        channels, text_dim = config.head_channels, config.text_config.hidden_size
+        self.prior_prob = config.prior_prob
+        self.log_scale_init = config.log_scale_init
+        self.clamp_dot_product = config.clamp_dot_product
         self.bbox_pred = nn.Conv2d(channels, 4, 1)
         self.centerness = nn.Conv2d(channels, 1, 1)
-        self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
+        self.scales = nn.ModuleList(Scale(1.0) for _ in config.anchor_strides)
         self.text_projection = nn.Linear(text_dim, channels)
-        self.log_scale = nn.Parameter(torch.tensor([float(log_scale_init)]))
+        self.log_scale = nn.Parameter(torch.tensor([float(config.log_scale_init)]))
         self.text_bias = nn.Parameter(torch.zeros(text_dim))
         self.logit_bias = nn.Parameter(torch.tensor([self.prior_bias]))
 

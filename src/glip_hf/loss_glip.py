@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import sigmoid_focal_loss
 
 from .box_ops_glip import GlipBoxCoder, box_iou_inclusive
 
@@ -18,12 +19,12 @@ INSIDE_MARGIN = 0.01
 
 
 def _distributed_mean(value: torch.Tensor) -> torch.Tensor:
-    """Sum over processes divided by their number (the original's `reduce_sum(...) / num_gpus`)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        value = value.clone()
-        torch.distributed.all_reduce(value)
-        return value / torch.distributed.get_world_size()
-    return value
+    """Mean over processes (the original's `reduce_sum(...) / num_gpus`); the value itself in a single process."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    from accelerate.utils import reduce  # several processes: training under accelerate (the `train` extra)
+
+    return reduce(value, reduction="mean")
 
 
 class GlipAtssAssigner:
@@ -71,13 +72,11 @@ class GlipAtssAssigner:
 
 
 def token_sigmoid_focal_loss(logits, targets, text_mask, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
-    """Sum of the binary focal loss over real text tokens. logits, targets (B, A, T); text_mask (B, T)."""
-    probabilities = logits.sigmoid()
-    cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
-    p_t = probabilities * targets + (1 - probabilities) * (1 - targets)
-    loss = cross_entropy * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    """Sum of the binary focal loss over real text tokens. logits, targets (B, A, T); text_mask (B, T).
+
+    torchvision's focal loss is the original's formula (both from fvcore); the original sums it over real tokens.
+    """
+    loss = sigmoid_focal_loss(logits, targets, alpha=alpha, gamma=gamma, reduction="none")
     return (loss * (text_mask[:, None, :] > 0)).sum()
 
 

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import BertModel, PreTrainedModel
+from transformers import AutoConfig, BertModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .box_ops_glip import GlipBoxCoder
 from .configuration_glip import GlipConfig
 from .deform_conv_glip import ModulatedDeformConv2d
-from .fusion_glip import GlipDyHeadLayer, GlipFusionBlock, flatten_levels
+from .fusion_glip import GlipDyHeadLayer, GlipFusionBlock
 from .head_glip import GlipAnchorGenerator, GlipGroundingHead, Scale
 from .loading_glip import ClearLoadingErrorsMixin
 from .loss_glip import GlipLoss
 from .model_card_glip import write_model_card
-from .vision_glip import GlipVisionBackbone
+from .speed_glip import prompt_rows_per_pass
+from .vision_glip import (
+    GlipVisionBackbone,
+    flatten_levels,
+    load_pretrained_backbone_weights,
+    load_tower_weights,
+    pretrained_backbone_config,
+)
 
 
 @dataclass
@@ -58,9 +66,10 @@ class GlipModelOutput(ModelOutput):
 
 
 @dataclass
-class GlipGroundingOutput(ModelOutput):
+class GlipGroundingOutput(GlipModelOutput):
     """
-    Outputs of [`GlipForGrounding`]. A = number of anchors over P3..P7 (in that order), T = text length.
+    Outputs of [`GlipForGrounding`]: those of [`GlipModel`] and the head's. A = number of anchors over P3..P7 (in
+    that order), T = text length.
 
     Args:
         loss (`torch.FloatTensor`, when `labels` are given): the total training loss.
@@ -71,9 +80,7 @@ class GlipGroundingOutput(ModelOutput):
         centerness (`torch.FloatTensor` of shape (B, A)): centerness logits.
         box_regression (`torch.FloatTensor` of shape (B, A, 4)): the raw (dx, dy, dw, dh) before decoding.
         anchors (`torch.FloatTensor` of shape (B, A, 4)): the anchors, xyxy pixels of the padded input.
-        spatial_shapes (`torch.LongTensor` of shape (5, 2)): (H_l, W_l) of P3..P7.
-        text_mask (`torch.LongTensor` of shape (B, T)): 1 on real tokens.
-        Other fields: as in [`GlipModelOutput`], filled when `output_hidden_states`.
+        Other fields: as in [`GlipModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -83,20 +90,29 @@ class GlipGroundingOutput(ModelOutput):
     centerness: torch.FloatTensor | None = None
     box_regression: torch.FloatTensor | None = None
     anchors: torch.FloatTensor | None = None
-    spatial_shapes: torch.LongTensor | None = None
-    text_mask: torch.LongTensor | None = None
-    backbone_features: tuple | None = None
-    fpn_features: tuple | None = None
-    text_encoder_hidden_states: tuple | None = None
-    vision_hidden_states: tuple | None = None
-    text_hidden_states: tuple | None = None
-    fusion_vision_hidden_states: tuple | None = None
-    fusion_text_hidden_states: tuple | None = None
 
 
-FUSION_ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "folded", "eager")
-# Default pixels of prompt rows per DyHead pass on CPUs (see GlipModel._default_rows_per_pass).
-CPU_PIXELS_PER_PASS = 512 * 512
+# What GlipProcessor and the training collators return besides model inputs (for post-processing and evaluation):
+# `model(**inputs)` accepts and ignores these; any other unexpected keyword argument is an error.
+NON_MODEL_INPUT_KEYS = frozenset({"image_sizes", "original_sizes", "token_maps", "label_ids", "text_labels",
+                                  "image_ids"})
+
+
+def _check_extra_inputs(method: str, extra_inputs: dict) -> None:
+    unexpected = sorted(set(extra_inputs) - NON_MODEL_INPUT_KEYS)
+    if unexpected:
+        raise TypeError(f"{method} got unexpected keyword arguments {unexpected}")
+
+
+# The original's initialisation of leaf layers, by where they sit (module-name patterns); other Linear and Conv2d
+# layers draw N(0, init_std).
+LEAF_INIT_RULES = (
+    (re.compile(r"(^|\.)fusion\.attention\."), "xavier"),
+    (re.compile(r"(^|\.)text_layer\."), "text"),
+    (re.compile(r"(^|\.)vision_backbone\.fpn\."), "kaiming_uniform"),
+    # Deformable offsets start at zero: a plain conv with 0.5 modulation (DCNv2 practice).
+    (re.compile(r"(^|\.)offset_conv$"), "zeros"),
+)
 
 
 def _own_cpu_memory_(model: nn.Module) -> None:
@@ -120,6 +136,9 @@ class GlipPreTrainedModel(ClearLoadingErrorsMixin, PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
+    # `attn_implementation` ("eager": the original's arithmetic with its clamps; "sdpa", the default: fused kernels,
+    # the cross-attention folded on CPU, see `speed_glip`) covers the DyHead and the BERT text tower.
+    _supports_sdpa = True
     _no_split_modules = ["GlipDyHeadLayer"]
 
     @classmethod
@@ -134,34 +153,55 @@ class GlipPreTrainedModel(ClearLoadingErrorsMixin, PreTrainedModel):
         if kwargs.get("is_main_process", True):
             write_model_card(save_directory, self.config, parameters=self.num_parameters())
 
-    def set_fusion_attention(self, implementation: str) -> None:
-        """How the cross-attention and the DyHead's BERT layers compute attention.
+    @classmethod
+    def from_vision_text_pretrained(cls, vision_name_or_path: str, text_name_or_path: str, *,
+                                    vision_weights_file=None, vision_backbone_kwargs: dict | None = None,
+                                    **config_overrides):
+        """A GLIP whose vision and text towers start from pretrained checkpoints; the FPN, the DyHead and the head
+        start from GLIP's initialisation. The paper starts from an ImageNet Swin and bert-base-uncased.
 
-        - "auto" (default): "folded" on CPU, "sdpa" elsewhere.
-        - "sdpa": fused kernels (`scaled_dot_product_attention`), nothing of size tokens x tokens kept.
-        - "folded": the cross-attention's logits and probabilities are materialised, and its three projections of the
-          many visual tokens are folded into the few text tokens (2.6x fewer FLOPs); the BERT layers use SDPA.
-        - "eager": the original's arithmetic with its +-50000 clamps, the bit-level reference.
+        Args:
+            vision_name_or_path: a transformers backbone checkpoint, Hub id or folder (Swin, ConvNeXt, ResNet, ...;
+                its last three stages feed the FPN), or "timm/<model name>" for a timm model (its last three
+                feature levels).
+            text_name_or_path: a BERT checkpoint, Hub id or folder.
+            vision_weights_file: for a timm model, a local weights file of the full timm model (else the Hub).
+            vision_backbone_kwargs: fields of the backbone config (`out_features`, `out_indices`,
+                `freeze_batch_norm_2d`, ...).
+            config_overrides: `GlipConfig` fields (sizes of the pyramid and the DyHead, anchors, ...).
         """
-        if implementation not in FUSION_ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"implementation must be one of {FUSION_ATTENTION_IMPLEMENTATIONS}, got {implementation!r}")
-        for module in self.modules():
-            if hasattr(module, "attention_implementation"):
-                module.attention_implementation = implementation
+        text_config = AutoConfig.from_pretrained(text_name_or_path)
+        if text_config.model_type != "bert":
+            raise ValueError(f"text_name_or_path {text_name_or_path!r} holds a {text_config.model_type!r} model; "
+                             "GLIP's text tower is a BERT model")
+        backbone_config = pretrained_backbone_config(vision_name_or_path, **(vision_backbone_kwargs or {}))
+        model = cls(GlipConfig(backbone_config=backbone_config, text_config=text_config, **config_overrides))
+        base = getattr(model, cls.base_model_prefix, model)
+        load_pretrained_backbone_weights(base.vision_backbone.backbone, vision_name_or_path, vision_weights_file)
+        text = BertModel.from_pretrained(text_name_or_path, add_pooling_layer=False)
+        load_tower_weights(base.text_backbone, text.state_dict(), text_name_or_path)
+        return model
+
+    def _leaf_init_rule(self, module: nn.Module) -> str:
+        # transformers calls `_init_weights` only on modules with parameters of their own (for code outside its
+        # package), so rules of leaves inside our blocks are looked up by the leaf's name.
+        names = self.__dict__.setdefault("_module_names", {})
+        if module not in names:
+            names.clear()
+            names.update((child, name) for name, child in self.named_modules())
+        name = names.get(module, "")
+        return next((rule for pattern, rule in LEAF_INIT_RULES if pattern.search(name)), "normal")
 
     @torch.no_grad()
     def _init_weights(self, module):
-        # transformers visits children first and, for code outside its package, skips modules without parameters of
-        # their own; so every rule lives on a module that owns its parameters. Leaves inside our blocks carry a
-        # `glip_init` tag naming their rule.
         config = self.config
         if isinstance(module, (nn.Linear, nn.Conv2d)):
-            rule = getattr(module, "glip_init", "normal")
+            rule = self._leaf_init_rule(module)
             if rule == "xavier":
                 init.xavier_uniform_(module.weight)
             elif rule == "kaiming_uniform":
                 init.kaiming_uniform_(module.weight, a=1)
-            elif rule == "zeros":  # deformable offsets: start as a plain conv with 0.5 modulation (DCNv2 practice)
+            elif rule == "zeros":
                 init.zeros_(module.weight)
             elif rule == "text":
                 init.normal_(module.weight, std=config.text_config.initializer_range)
@@ -256,7 +296,7 @@ class GlipModel(GlipPreTrainedModel):
         image_index: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        **processor_outputs,
     ) -> GlipModelOutput:
         r"""
         pixel_values (N, 3, H, W): normalised RGB images, zero-padded at the bottom/right to a common size.
@@ -265,7 +305,10 @@ class GlipModel(GlipPreTrainedModel):
             class list) share one run of the vision tower. Default: caption b goes with image b (N == B).
         pixel_mask (B, H, W): accepted for API compatibility and not used: as in the original, the padded canvas is
             part of the input, so pad images to the same multiple of 32 (GlipImageProcessor does) for stable results.
+        processor_outputs: the other keys of GlipProcessor's output (`NON_MODEL_INPUT_KEYS`), ignored; anything
+            else raises a TypeError.
         """
+        _check_extra_inputs(f"{type(self).__name__}.forward()", processor_outputs)
         output_hidden_states = output_hidden_states if output_hidden_states is not None else (
             self.config.output_hidden_states
         )
@@ -275,7 +318,7 @@ class GlipModel(GlipPreTrainedModel):
 
         backbone_features, vision_features = self.vision_backbone(pixel_values)
         rows = input_ids.shape[0]
-        group = self.config.max_prompts_per_pass or self._default_rows_per_pass(pixel_values, rows)
+        group = self.config.max_prompts_per_pass or prompt_rows_per_pass(pixel_values, rows)
         if image_index is None and group >= rows:
             return self._fuse(backbone_features, vision_features, input_ids, attention_mask, token_type_ids,
                               output_hidden_states)
@@ -293,15 +336,6 @@ class GlipModel(GlipPreTrainedModel):
                 None if token_type_ids is None else token_type_ids[start : start + group], output_hidden_states,
             ))
         return outputs[0] if len(outputs) == 1 else _concatenate_rows(outputs)
-
-    @staticmethod
-    def _default_rows_per_pass(pixel_values: torch.Tensor, rows: int) -> int:
-        """All rows on accelerators. On CPUs, as many rows as make CPU_PIXELS_PER_PASS: large maps run faster a
-        few at a time (caches: four 800x800 COCO rows take 16.5 s one by one against 23.5 s at once), while small
-        inputs are bound by per-operation overhead and run faster together."""
-        if pixel_values.device.type != "cpu":
-            return rows
-        return max(1, CPU_PIXELS_PER_PASS // (pixel_values.shape[-2] * pixel_values.shape[-1]))
 
     def _fuse(self, backbone_features, vision_features, input_ids, attention_mask, token_type_ids,
               output_hidden_states) -> GlipModelOutput:
@@ -365,11 +399,7 @@ class GlipForGrounding(GlipPreTrainedModel):
     def __init__(self, config: GlipConfig):
         super().__init__(config)
         self.model = GlipModel(config)
-        text_dim = config.text_config.hidden_size
-        self.head = GlipGroundingHead(
-            config.head_channels, text_dim, len(config.anchor_strides), config.prior_prob, config.log_scale_init,
-            config.clamp_dot_product,
-        )
+        self.head = GlipGroundingHead(config)
         self.anchor_generator = GlipAnchorGenerator(
             config.anchor_sizes, config.anchor_strides, config.anchor_aspect_ratios, config.anchor_octave_base,
             config.anchor_scales_per_octave,
@@ -399,7 +429,7 @@ class GlipForGrounding(GlipPreTrainedModel):
         labels: list[dict] | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        **kwargs,
+        **processor_outputs,
     ) -> GlipGroundingOutput:
         r"""
         See [`GlipModel.forward`] for the inputs. Returns [`GlipGroundingOutput`].
@@ -407,6 +437,7 @@ class GlipForGrounding(GlipPreTrainedModel):
         labels (`list[dict]`, *optional*): one dict per caption row with "boxes" (n, 4) xyxy in input pixels and
             "token_map" (n, T) 0/1 tokens of each box's phrase (see `loss_glip`). When given, `loss` is computed.
         """
+        _check_extra_inputs(f"{type(self).__name__}.forward()", processor_outputs)
         outputs = self.model(
             pixel_values, input_ids, attention_mask, token_type_ids, pixel_mask, image_index,
             output_hidden_states=output_hidden_states,
@@ -422,6 +453,7 @@ class GlipForGrounding(GlipPreTrainedModel):
             )
             loss = loss_dict["loss"]
         return GlipGroundingOutput(
+            **outputs,
             loss=loss,
             loss_dict=loss_dict,
             logits=logits,
@@ -429,15 +461,6 @@ class GlipForGrounding(GlipPreTrainedModel):
             centerness=centerness,
             box_regression=box_regression,
             anchors=anchors[None].expand(logits.shape[0], -1, -1),
-            spatial_shapes=outputs.spatial_shapes,
-            text_mask=outputs.text_mask,
-            backbone_features=outputs.backbone_features,
-            fpn_features=outputs.fpn_features,
-            text_encoder_hidden_states=outputs.text_encoder_hidden_states,
-            vision_hidden_states=outputs.vision_hidden_states,
-            text_hidden_states=outputs.text_hidden_states,
-            fusion_vision_hidden_states=outputs.fusion_vision_hidden_states,
-            fusion_text_hidden_states=outputs.fusion_text_hidden_states,
         )
 
 

@@ -8,7 +8,6 @@ detection prompt from all candidate labels (chunked when long), runs the model o
 
 from __future__ import annotations
 
-import torch
 from transformers.image_utils import load_image
 from transformers.pipelines.zero_shot_object_detection import ZeroShotObjectDetectionPipeline
 
@@ -43,8 +42,7 @@ class GlipZeroShotObjectDetectionPipeline(ZeroShotObjectDetectionPipeline):
         if "glip_inputs" not in model_inputs:
             return super()._forward(model_inputs)
         inputs = model_inputs.pop("glip_inputs")
-        tensors = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        outputs = self.model(**tensors)
+        outputs = self.model(**inputs.to(self.device))
         return {"is_last": model_inputs["is_last"], "glip_inputs": inputs, "glip_outputs": outputs}
 
     def postprocess(self, model_outputs, threshold=0.1, top_k=None):

@@ -15,7 +15,7 @@ import numbers
 import torch
 from torchvision.ops import nms
 
-from .box_ops_glip import PIXEL_INCLUSIVE
+from .box_ops_glip import PIXEL_INCLUSIVE, shift_inclusive
 
 
 def check_probability(value, name: str) -> float:
@@ -117,7 +117,7 @@ def batched_nms_inclusive(boxes, scores, groups, iou_threshold: float) -> torch.
     """
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
-    shifted = boxes.double() + boxes.new_tensor([0.0, 0.0, PIXEL_INCLUSIVE, PIXEL_INCLUSIVE], dtype=torch.float64)
+    shifted = shift_inclusive(boxes.double())
     if len(boxes) <= 1000:
         spread = shifted.max() + 1.0
         keep = nms(shifted + (groups.double() * spread)[:, None], scores.double(), iou_threshold)

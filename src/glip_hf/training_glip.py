@@ -95,17 +95,6 @@ class EmaCallback(TrainerCallback):
                 parameter.copy_(self.shadow[name].to(parameter.dtype))
 
 
-class EpochCallback(TrainerCallback):
-    """Tells the collator the epoch, so that its random augmentation is a function of (seed, epoch, example)."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        if hasattr(self.collator, "set_epoch"):
-            self.collator.set_epoch(int(round(state.epoch or 0)))
-
-
 class GlipTrainer(Trainer):
     """`Trainer` with GLIP's optimizer groups, per-term loss logging and detection evaluation.
 
@@ -121,8 +110,6 @@ class GlipTrainer(Trainer):
         self.ema = EmaCallback(self.model, ema_decay) if ema_decay else None
         if self.ema is not None:
             self.add_callback(self.ema)
-        if self.data_collator is not None:
-            self.add_callback(EpochCallback(self.data_collator))
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
