@@ -4,6 +4,8 @@ with a local weights file)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -86,6 +88,16 @@ def test_towers_from_a_transformers_backbone_and_a_bert_folder(no_network, tiny_
     with torch.no_grad():
         outputs = model.eval()(**tiny_inputs(1, 256, 256, 6, vocab_size=30522))
     assert outputs.logits.shape == (1, sum(h * w for h, w in expected_spatial_shapes(256, 256)), 6)
+
+
+def test_a_bert_checkpoints_unused_pooler_loads_without_a_text_tower_report(tiny_swin_folder):
+    # In a fresh process: transformers' log handler keeps the stderr it first saw, which pytest's capture replaces.
+    script = ("from glip_hf import GlipModel; GlipModel.from_vision_text_pretrained("
+              f"{str(tiny_swin_folder)!r}, {str(minilm_folder())!r}, **{HEAD_SIZES!r})")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reports = [line for line in result.stderr.splitlines() if "LOAD REPORT" in line]
+    assert not [line for line in reports if "Bert" in line] and "pooler" not in result.stderr, result.stderr
 
 
 def test_towers_from_a_timm_model_with_a_local_weights_file(no_network, tmp_path):

@@ -115,6 +115,12 @@ LEAF_INIT_RULES = (
 )
 
 
+class _BertWithoutPooler(BertModel):
+    """BERT without its pooler, GLIP's text tower: a checkpoint's pooler weights are expected to go unused."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^pooler\."]
+
+
 def _own_cpu_memory_(model: nn.Module) -> None:
     """Give every CPU parameter and buffer memory of its own.
 
@@ -178,7 +184,7 @@ class GlipPreTrainedModel(ClearLoadingErrorsMixin, PreTrainedModel):
         model = cls(GlipConfig(backbone_config=backbone_config, text_config=text_config, **config_overrides))
         base = getattr(model, cls.base_model_prefix, model)
         load_pretrained_backbone_weights(base.vision_backbone.backbone, vision_name_or_path, vision_weights_file)
-        text = BertModel.from_pretrained(text_name_or_path, add_pooling_layer=False)
+        text = _BertWithoutPooler.from_pretrained(text_name_or_path, add_pooling_layer=False)
         load_tower_weights(base.text_backbone, text.state_dict(), text_name_or_path)
         return model
 
