@@ -159,20 +159,23 @@ def _read_lines(path: Path) -> Iterator[dict]:
 
 
 def check_or_write_manifest(output: Path, manifest: dict) -> None:
-    """A new output folder gets the manifest; a rerun must label with the same model, prompt and policy."""
+    """A new output folder gets the manifest; a rerun (or another process of the run) must label with the same
+    model, prompt and policy. Processes starting together may all write it: the renames are atomic, the content equal."""
     path = output / "manifest.json"
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        changed = [key for key in ("model", "prompt", "policy", "shard_size", "source")
-                   if previous.get(key) != manifest.get(key)]
-        if changed:
-            raise ValueError(f"{output} holds labels made with another {', '.join(changed)}; give a new --output "
-                             "folder (its files are kept as they are)")
-        return
-    if output.exists() and any(output.iterdir()):
-        raise ValueError(f"--output {output} is not empty and holds no manifest.json of a labelling run; "
-                         "give a new or empty folder (nothing in it is overwritten)")
-    write_atomically(path, [json.dumps(manifest, indent=2)])
+    if not path.is_file():
+        # Another process of this run may be writing the manifest right now: its temporary file is not foreign.
+        foreign = [entry.name for entry in output.iterdir() if not entry.name.startswith(".manifest.json.")] \
+            if output.exists() else []
+        if foreign:
+            raise ValueError(f"--output {output} is not empty and holds no manifest.json of a labelling run; "
+                             "give a new or empty folder (nothing in it is overwritten)")
+        write_atomically(path, [json.dumps(manifest, indent=2)])
+    previous = json.loads(path.read_text())
+    changed = [key for key in ("model", "prompt", "policy", "shard_size", "source")
+               if previous.get(key) != manifest.get(key)]
+    if changed:
+        raise ValueError(f"{output} holds labels made with another {', '.join(changed)}; give a new --output "
+                         "folder (its files are kept as they are)")
 
 
 # ----- records -----------------------------------------------------------------------------------------------------
