@@ -20,11 +20,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
-
-import torch
 
 from .labelling_policy_glip import LabelPolicy, apply_policy
 from .noun_phrases_glip import noun_phrase_spans
@@ -267,7 +265,7 @@ def finalise(output: Path, shard_count: int, classes: list[str] | None) -> bool:
 
 def distributed_rank() -> tuple[int, int]:
     """(rank, world size) of this process as `accelerate launch` / torchrun set them; (0, 1) alone."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 @dataclass
@@ -366,5 +364,15 @@ def manifest_for(run: LabelRun, source: str) -> dict:
     }
 
 
-__all__ = ["CorpusItem", "LabelRun", "LabelSummary", "apply_policy", "LabelPolicy", "dataset_items",
-           "folder_items", "label", "label_corpus", "write_atomically"]
+__all__ = [
+    "CorpusItem",
+    "LabelPolicy",
+    "LabelRun",
+    "LabelSummary",
+    "apply_policy",
+    "dataset_items",
+    "folder_items",
+    "label",
+    "label_corpus",
+    "write_atomically",
+]
