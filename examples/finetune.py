@@ -8,6 +8,8 @@ Runs on CPU, one GPU, or several processes with `accelerate launch --multi_gpu -
 (without a GPU the processes train on CPU over gloo). Transfer modes are the GLIP paper's: `full`,
 `prompt` (prompt tuning: only learnt prompt embeddings train) and `linear_probe` (only the head's scoring layers).
 Evaluation reports COCO AP with pycocotools; the final model and processor are saved with `save_pretrained`.
+In Python, `glip_hf.finetuning_glip.run_finetune(model_args, data_args, training_args)` runs the same and returns
+the metrics.
 """
 
 from __future__ import annotations
