@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .labelling_batch_glip import ShardLabeller, box_count, round_values
 from .labelling_policy_glip import LabelPolicy, apply_policy
 from .noun_phrases_glip import noun_phrase_spans
 
@@ -178,36 +179,6 @@ def check_or_write_manifest(output: Path, manifest: dict) -> None:
 
 # ----- records -----------------------------------------------------------------------------------------------------
 
-def _rounded(values) -> list[float]:
-    return [round(float(value), 2) for value in values]
-
-
-def odvg_record(item: CorpusItem, size: tuple[int, int], detections: dict, phrases: list[str],
-                spans=None) -> dict:
-    """One ODVG line; each box keeps its score and phrase. `spans` (caption mode): the caption span of each phrase."""
-    width, height = size
-    boxes = detections["boxes"].tolist()
-    # Inclusive pixel indices -> ODVG's x + w; rescaled from the model's input they may pass the border by < 1 px.
-    exclusive = [[max(x1, 0.0), max(y1, 0.0), min(x2 + 1, width), min(y2 + 1, height)] for x1, y1, x2, y2 in boxes]
-    record = {"filename": item.filename, "height": height, "width": width}
-    labels, scores = detections["labels"].tolist(), detections["scores"].tolist()
-    if spans is None:
-        record["detection"] = {"instances": [
-            {"bbox": _rounded(box), "label": label, "category": phrases[label], "score": round(score, 4)}
-            for box, label, score in zip(exclusive, labels, scores)]}
-    else:
-        record["grounding"] = {"caption": item.caption, "regions": [
-            {"bbox": _rounded(box), "phrase": phrases[label], "tokens_positive": [list(spans[label])],
-             "score": round(score, 4)} for box, label, score in zip(exclusive, labels, scores)]}
-    return record
-
-
-def box_count(record: dict) -> int:
-    if "detection" in record:
-        return len(record["detection"]["instances"])
-    return len(record["grounding"]["regions"])
-
-
 def write_coco(path: Path, records: Callable[[], Iterator[dict]], classes: list[str]) -> None:
     """COCO detection JSON of the merged records (image ids from 1 in corpus order, category ids = class + 1)."""
 
@@ -225,7 +196,7 @@ def write_coco(path: Path, records: Callable[[], Iterator[dict]], classes: list[
                 x1, y1, x2, y2 = instance["bbox"]
                 count += 1
                 annotation = {"id": count, "image_id": image_id, "category_id": instance["label"] + 1,
-                              "bbox": _rounded([x1, y1, x2 - x1, y2 - y1]),
+                              "bbox": round_values([x1, y1, x2 - x1, y2 - y1]),
                               "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0, "score": instance["score"]}
                 yield ("" if count == 1 else ", ") + json.dumps(annotation)
         yield "]}\n"
@@ -289,8 +260,6 @@ def label_corpus(run: LabelRun, items: Iterator[CorpusItem], source: str, rank: 
                  world_size: int | None = None) -> LabelSummary:
     """Label `items` into `run.output`; see the module docstring. `source` names the corpus in the manifest."""
     from tqdm.auto import tqdm
-
-    from .labelling_batch_glip import ShardLabeller
 
     if run.classes is None and run.extractor is None:
         raise ValueError("Give class names, or captions with a noun-phrase extractor")
