@@ -1,7 +1,7 @@
 """Labelling throughput: `glip-hf label` against a naive loop over transformers' zero-shot-object-detection pipeline.
 
-Same model (a mid-size random GLIP: Swin with 48-d stem, 2-layer 128-d BERT with the bert-base vocabulary), same
-prompt (10 COCO names), same images (`--images` small photo-like images of three sizes), same run:
+Same model (`--model`: a mid-size or tiny random GLIP, see MODELS), same prompt (10 COCO names), same images
+(`--images` photo-like images of three sizes around `--image-size`), same run:
 
 * labeller: `label_corpus` (what `glip-hf label` runs) with batches of `--batch-size`, the class prompt encoded once;
 * naive: `pipeline("zero-shot-object-detection")` called once per image with the class names;
@@ -10,7 +10,7 @@ runs of the two alternate so that load from other processes falls on both. Then 
 process against `--processes` processes (RANK / WORLD_SIZE, as `accelerate launch` sets them), each process given
 an equal share of the cores; wall time includes each process's start-up and model loading.
 
-    python benchmarks/bench_label.py [--images 48] [--batch-size 8] [--repeats 2] [--processes 2]
+    python benchmarks/bench_label.py [--model mid] [--image-size 256] [--images 48] [--batch-size 8] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -33,31 +33,44 @@ from glip_hf.labelling_policy_glip import LabelPolicy
 from glip_hf.processing_glip import load_tokenizer
 
 CLASSES = COCO_NAMES[:10]
-SIZES = [(256, 256), (256, 320), (320, 256)]
+SIZES = [(1.0, 1.0), (1.0, 1.25), (1.25, 1.0)]  # (height, width) in units of --image-size
 
 
-def mid_size_model(folder: Path):
+# mid: Swin with a 48-d stem, 2-layer 128-d BERT; tiny: the tests' 16-d Swin and 1-layer 32-d BERT. Both keep the
+# bert-base vocabulary, so the prompt is tokenised as for a real model.
+MODELS = {
+    "mid": dict(embed_dim=48, depths=[2, 2, 2, 2], num_heads=[2, 4, 4, 8], text=(128, 2, 256), channels=64,
+                fusion=128, groups=16),
+    "tiny": dict(embed_dim=16, depths=[1, 1, 2, 1], num_heads=[1, 2, 2, 4], text=(32, 1, 64), channels=32,
+                 fusion=64, groups=8),
+}
+
+
+def random_model(folder: Path, size: str, shortest_edge: int):
     torch.manual_seed(0)
+    shape = MODELS[size]
+    hidden, layers, intermediate = shape["text"]
     config = GlipConfig(
-        backbone_config=dict(model_type="swin", embed_dim=48, depths=[2, 2, 2, 2], num_heads=[2, 4, 4, 8],
-                             window_size=7, out_features=["stage2", "stage3", "stage4"]),
-        text_config=BertConfig(vocab_size=30522, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                               intermediate_size=256, max_position_embeddings=128),
-        fpn_channels=64, head_channels=64, num_dyhead_layers=2, fusion_embed_dim=128, fusion_num_heads=4,
-        group_norm_num_groups=16, max_text_len=64,
+        backbone_config=dict(model_type="swin", embed_dim=shape["embed_dim"], depths=shape["depths"],
+                             num_heads=shape["num_heads"], window_size=7,
+                             out_features=["stage2", "stage3", "stage4"]),
+        text_config=BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                               intermediate_size=intermediate, max_position_embeddings=128),
+        fpn_channels=shape["channels"], head_channels=shape["channels"], num_dyhead_layers=2,
+        fusion_embed_dim=shape["fusion"], fusion_num_heads=4, group_norm_num_groups=shape["groups"], max_text_len=64,
     )
     model = GlipForGrounding(config).eval()
-    processor = GlipProcessor(GlipImageProcessor(size={"shortest_edge": 256, "longest_edge": 320}), load_tokenizer(),
-                              max_text_len=64)
+    size_rule = {"shortest_edge": shortest_edge, "longest_edge": shortest_edge * 5 // 4}
+    processor = GlipProcessor(GlipImageProcessor(size=size_rule), load_tokenizer(), max_text_len=64)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return GlipForGrounding.from_pretrained(folder).eval(), GlipProcessor.from_pretrained(folder)
 
 
-def write_images(folder: Path, count: int) -> None:
+def write_images(folder: Path, count: int, size: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        height, width = SIZES[index % len(SIZES)]
+        height, width = (round(size * factor) for factor in SIZES[index % len(SIZES)])
         test_image(height, width, seed=index).save(folder / f"{index:04d}.png")
 
 
@@ -84,12 +97,14 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--model", default="mid", choices=sorted(MODELS), help="random model size (default mid)")
+    parser.add_argument("--image-size", type=int, default=256, help="shortest edge of the images (default 256)")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results" / "label_cpu.json")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_label_"))
-    model, processor = mid_size_model(work / "model")
-    write_images(work / "images", args.images)
+    model, processor = random_model(work / "model", args.model, args.image_size)
+    write_images(work / "images", args.images, args.image_size)
     paths = sorted((work / "images").iterdir())
     detector = pipeline("zero-shot-object-detection", model=str(work / "model"))
     runs = iter(range(10**6))
@@ -112,8 +127,8 @@ def main() -> None:
     same = (work / "cli-1" / "labels.odvg.jsonl").read_text() == (
         work / f"cli-{args.processes}" / "labels.odvg.jsonl").read_text()
     results = {
-        "device": device_description("cpu"), "torch": torch.__version__, "images": args.images,
-        "image_sizes": SIZES, "classes": CLASSES, "batch_size": args.batch_size, "timings": timings,
+        "device": device_description("cpu"), "torch": torch.__version__, "model": args.model,
+        "images": args.images, "image_size": args.image_size, "classes": CLASSES, "batch_size": args.batch_size, "timings": timings,
         "images_per_second": rates, "speedup": rates["labeller"] / rates["naive_pipeline_loop"],
         "command_line": {"1_process_s": one, f"{args.processes}_processes_s": several,
                          "images_per_second_1": args.images / one,

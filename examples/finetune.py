@@ -9,7 +9,8 @@ Runs on CPU, one GPU, or several processes with `accelerate launch --multi_gpu -
 `prompt` (prompt tuning: only learnt prompt embeddings train) and `linear_probe` (only the head's scoring layers).
 Evaluation reports COCO AP, LVIS AP or LVIS Fixed AP through the package's `glip_detection` evaluate module
 (`--eval_metric`; `--odinw_dataset` evaluates with an ODinW dataset's prompt); the final model and processor are
-saved with `save_pretrained`. In Python, call `glip_hf.finetuning_glip.run_finetune` with the same dataclasses.
+saved with `save_pretrained`. In Python, `glip_hf.finetuning_glip.run_finetune(model_args, data_args,
+training_args)` runs the same and returns the metrics.
 """
 
 from __future__ import annotations

@@ -8,7 +8,11 @@ import importlib.util
 import pytest
 
 from glip_hf.noun_phrases_glip import (
-    NOUN_PHRASE_BACKENDS, noun_phrase_spans, perceptron_noun_phrases, register_noun_phrase_backend, tokenize,
+    NOUN_PHRASE_BACKENDS,
+    noun_phrase_spans,
+    perceptron_noun_phrases,
+    register_noun_phrase_backend,
+    tokenize,
 )
 
 if importlib.util.find_spec("textblob_aptagger") is None:  # pragma: no cover - installed by `make install`

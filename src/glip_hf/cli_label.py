@@ -2,7 +2,7 @@
 
     glip-hf label --model DIR --images FOLDER --classes "person. bicycle. car" --output labels/ [--threshold 0.5]
     glip-hf label --model DIR --dataset PATH_OR_NAME --split train --caption-column caption --output labels/
-    accelerate launch --num_processes 2 -m glip_hf.cli label ...   # disjoint shards per process
+    accelerate launch --multi_gpu --num_processes 2 -m glip_hf.cli label ...   # disjoint shards per process
 """
 
 from __future__ import annotations

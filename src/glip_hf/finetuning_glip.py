@@ -28,9 +28,9 @@ from .evaluation_glip import load_coco
 from .modeling_glip import GlipForGrounding
 from .processing_glip import GlipProcessor
 from .training_glip import (
+    TRANSFER_MODES,
     GlipDetectionEvalCollator,
     GlipTrainer,
-    TRANSFER_MODES,
     make_detection_compute_metrics,
     set_transfer_mode,
 )

@@ -1,4 +1,5 @@
-"""One shard of a labelling run: read its images, batch them by size, run the teacher, keep the policy's boxes."""
+"""One shard of a labelling run: read its images, batch them by size, run the teacher, keep the policy's boxes as
+ODVG records."""
 
 from __future__ import annotations
 
@@ -126,8 +127,6 @@ class ShardLabeller:
         return decoded
 
     def _label_batch(self, batch, errors):
-        from .labelling_glip import odvg_record
-
         decoded = self._decode(batch, errors)
         if not decoded:
             return []
@@ -170,8 +169,38 @@ class ShardLabeller:
             item.filename = str(path.resolve())
 
 
+def round_values(values) -> list[float]:
+    return [round(float(value), 2) for value in values]
+
+
+def odvg_record(item, size: tuple[int, int], detections: dict, phrases: list[str],
+                spans=None) -> dict:
+    """One ODVG line; each box keeps its score and phrase. `spans` (caption mode): the caption span of each phrase."""
+    width, height = size
+    boxes = detections["boxes"].tolist()
+    # Inclusive pixel indices -> ODVG's x + w; rescaled from the model's input they may pass the border by < 1 px.
+    exclusive = [[max(x1, 0.0), max(y1, 0.0), min(x2 + 1, width), min(y2 + 1, height)] for x1, y1, x2, y2 in boxes]
+    record = {"filename": item.filename, "height": height, "width": width}
+    labels, scores = detections["labels"].tolist(), detections["scores"].tolist()
+    if spans is None:
+        record["detection"] = {"instances": [
+            {"bbox": round_values(box), "label": label, "category": phrases[label], "score": round(score, 4)}
+            for box, label, score in zip(exclusive, labels, scores)]}
+    else:
+        record["grounding"] = {"caption": item.caption, "regions": [
+            {"bbox": round_values(box), "phrase": phrases[label], "tokens_positive": [list(spans[label])],
+             "score": round(score, 4)} for box, label, score in zip(exclusive, labels, scores)]}
+    return record
+
+
+def box_count(record: dict) -> int:
+    if "detection" in record:
+        return len(record["detection"]["instances"])
+    return len(record["grounding"]["regions"])
+
+
 def _error(item, reason: str) -> dict:
     return {"index": item.index, "image": item.filename, "reason": reason}
 
 
-__all__ = ["ShardLabeller", "image_size", "read_image"]
+__all__ = ["ShardLabeller", "box_count", "image_size", "odvg_record", "read_image", "round_values"]

@@ -20,12 +20,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
-import torch
-
+from .labelling_batch_glip import ShardLabeller, box_count, round_values
 from .labelling_policy_glip import LabelPolicy, apply_policy
 from .noun_phrases_glip import noun_phrase_spans
 
@@ -159,53 +158,26 @@ def _read_lines(path: Path) -> Iterator[dict]:
 
 
 def check_or_write_manifest(output: Path, manifest: dict) -> None:
-    """A new output folder gets the manifest; a rerun must label with the same model, prompt and policy."""
+    """A new output folder gets the manifest; a rerun (or another process of the run) must label with the same
+    model, prompt and policy. Processes starting together may all write it: the renames are atomic, the content equal."""
     path = output / "manifest.json"
-    if path.is_file():
-        previous = json.loads(path.read_text())
-        changed = [key for key in ("model", "prompt", "policy", "shard_size", "source")
-                   if previous.get(key) != manifest.get(key)]
-        if changed:
-            raise ValueError(f"{output} holds labels made with another {', '.join(changed)}; give a new --output "
-                             "folder (its files are kept as they are)")
-        return
-    if output.exists() and any(output.iterdir()):
-        raise ValueError(f"--output {output} is not empty and holds no manifest.json of a labelling run; "
-                         "give a new or empty folder (nothing in it is overwritten)")
-    write_atomically(path, [json.dumps(manifest, indent=2)])
+    if not path.is_file():
+        # Another process of this run may be writing the manifest right now: its temporary file is not foreign.
+        foreign = [entry.name for entry in output.iterdir() if not entry.name.startswith(".manifest.json.")] \
+            if output.exists() else []
+        if foreign:
+            raise ValueError(f"--output {output} is not empty and holds no manifest.json of a labelling run; "
+                             "give a new or empty folder (nothing in it is overwritten)")
+        write_atomically(path, [json.dumps(manifest, indent=2)])
+    previous = json.loads(path.read_text())
+    changed = [key for key in ("model", "prompt", "policy", "shard_size", "source")
+               if previous.get(key) != manifest.get(key)]
+    if changed:
+        raise ValueError(f"{output} holds labels made with another {', '.join(changed)}; give a new --output "
+                         "folder (its files are kept as they are)")
 
 
 # ----- records -----------------------------------------------------------------------------------------------------
-
-def _rounded(values) -> list[float]:
-    return [round(float(value), 2) for value in values]
-
-
-def odvg_record(item: CorpusItem, size: tuple[int, int], detections: dict, phrases: list[str],
-                spans=None) -> dict:
-    """One ODVG line; each box keeps its score and phrase. `spans` (caption mode): the caption span of each phrase."""
-    width, height = size
-    boxes = detections["boxes"].tolist()
-    # Inclusive pixel indices -> ODVG's x + w; rescaled from the model's input they may pass the border by < 1 px.
-    exclusive = [[max(x1, 0.0), max(y1, 0.0), min(x2 + 1, width), min(y2 + 1, height)] for x1, y1, x2, y2 in boxes]
-    record = {"filename": item.filename, "height": height, "width": width}
-    labels, scores = detections["labels"].tolist(), detections["scores"].tolist()
-    if spans is None:
-        record["detection"] = {"instances": [
-            {"bbox": _rounded(box), "label": label, "category": phrases[label], "score": round(score, 4)}
-            for box, label, score in zip(exclusive, labels, scores)]}
-    else:
-        record["grounding"] = {"caption": item.caption, "regions": [
-            {"bbox": _rounded(box), "phrase": phrases[label], "tokens_positive": [list(spans[label])],
-             "score": round(score, 4)} for box, label, score in zip(exclusive, labels, scores)]}
-    return record
-
-
-def box_count(record: dict) -> int:
-    if "detection" in record:
-        return len(record["detection"]["instances"])
-    return len(record["grounding"]["regions"])
-
 
 def write_coco(path: Path, records: Callable[[], Iterator[dict]], classes: list[str]) -> None:
     """COCO detection JSON of the merged records (image ids from 1 in corpus order, category ids = class + 1)."""
@@ -224,7 +196,7 @@ def write_coco(path: Path, records: Callable[[], Iterator[dict]], classes: list[
                 x1, y1, x2, y2 = instance["bbox"]
                 count += 1
                 annotation = {"id": count, "image_id": image_id, "category_id": instance["label"] + 1,
-                              "bbox": _rounded([x1, y1, x2 - x1, y2 - y1]),
+                              "bbox": round_values([x1, y1, x2 - x1, y2 - y1]),
                               "area": round((x2 - x1) * (y2 - y1), 2), "iscrowd": 0, "score": instance["score"]}
                 yield ("" if count == 1 else ", ") + json.dumps(annotation)
         yield "]}\n"
@@ -264,7 +236,7 @@ def finalise(output: Path, shard_count: int, classes: list[str] | None) -> bool:
 
 def distributed_rank() -> tuple[int, int]:
     """(rank, world size) of this process as `accelerate launch` / torchrun set them; (0, 1) alone."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 @dataclass
@@ -288,8 +260,6 @@ def label_corpus(run: LabelRun, items: Iterator[CorpusItem], source: str, rank: 
                  world_size: int | None = None) -> LabelSummary:
     """Label `items` into `run.output`; see the module docstring. `source` names the corpus in the manifest."""
     from tqdm.auto import tqdm
-
-    from .labelling_batch_glip import ShardLabeller
 
     if run.classes is None and run.extractor is None:
         raise ValueError("Give class names, or captions with a noun-phrase extractor")
@@ -363,5 +333,15 @@ def manifest_for(run: LabelRun, source: str) -> dict:
     }
 
 
-__all__ = ["CorpusItem", "LabelRun", "LabelSummary", "apply_policy", "LabelPolicy", "dataset_items",
-           "folder_items", "label", "label_corpus", "write_atomically"]
+__all__ = [
+    "CorpusItem",
+    "LabelPolicy",
+    "LabelRun",
+    "LabelSummary",
+    "apply_policy",
+    "dataset_items",
+    "folder_items",
+    "label",
+    "label_corpus",
+    "write_atomically",
+]

@@ -14,8 +14,8 @@ import functools
 import importlib.util
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # Words (with inner hyphens), a clitic "'s"/"n't" split off as the treebank does, numbers, punctuation.
 _TOKEN = re.compile(r"n't\b|'[a-z]+\b|\d+(?:[.,]\d+)*|\w+?(?=n't\b)|\w+(?:-\w+)*|[^\w\s]", re.IGNORECASE)
@@ -53,7 +53,7 @@ class PerceptronTagger:
 
     @classmethod
     @functools.lru_cache(maxsize=1)
-    def from_package(cls) -> "PerceptronTagger":
+    def from_package(cls) -> PerceptronTagger:
         with open(_tagger_weights_path(), "rb") as file:
             weights, tag_dictionary, tags = _WeightsUnpickler(file, encoding="latin1").load()
         return cls(weights, tag_dictionary, tags)
