@@ -215,19 +215,20 @@ def _detection_example(image_path, image_id, boxes, category_ids, names, caption
 
 # ----- converters --------------------------------------------------------------------------------------------------
 
+DROP_REASONS = {
+    "not_finite": "boxes with NaN or infinite coordinates",
+    "empty": "boxes of zero, negative or one-pixel width or height",
+    "outside": "boxes entirely outside their image",
+    "unknown_image": "annotations of an image id not in the file's images",
+}
+
+
 class BoxReport:
     """What a conversion dropped or clipped, and why: counts per reason with a few examples, logged at the end.
 
     `finish()` raises a `ValueError` when no usable box is left in the whole source (training on it would only
     teach "nothing here"), after logging the summary.
     """
-
-    DROPPED = {
-        "not_finite": "boxes with NaN or infinite coordinates",
-        "empty": "boxes of zero, negative or one-pixel width or height",
-        "outside": "boxes entirely outside their image",
-        "unknown_image": "annotations of an image id not in the file's images",
-    }
 
     def __init__(self, source):
         self.source = str(source)
@@ -246,7 +247,7 @@ class BoxReport:
         lines = [f"{self.source}: {self.images} image(s), {self.kept} box(es) kept"
                  + (f", {self.clipped} of them clipped to their image" if self.clipped else "")]
         for reason, count in sorted(self.counts.items()):
-            lines.append(f"  dropped {count} {self.DROPPED[reason]} (e.g. {', '.join(map(str, self.examples[reason]))})")
+            lines.append(f"  dropped {count} {DROP_REASONS[reason]} (e.g. {', '.join(map(str, self.examples[reason]))})")
         return "\n".join(lines)
 
     def finish(self) -> None:
@@ -306,7 +307,7 @@ def _read_index(annotation_file) -> dict:
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read the annotation file {annotation_file}: {error}") from None
     if not isinstance(index, dict) or not isinstance(index.get("images"), list):
-        raise ValueError(f"{annotation_file} is not a COCO-style index: it needs an 'images' list")
+        raise TypeError(f"{annotation_file} is not a COCO-style index: it needs an 'images' list")
     return index
 
 
