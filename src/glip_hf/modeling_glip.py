@@ -407,12 +407,13 @@ class GlipForGrounding(GlipPreTrainedModel):
         self.model = GlipModel(config)
         self.head = GlipGroundingHead(config)
         self.anchor_generator = GlipAnchorGenerator(
-            config.anchor_sizes, config.anchor_strides, config.anchor_aspect_ratios, config.anchor_octave_base,
-            config.anchor_scales_per_octave,
+            sizes=config.anchor_sizes, strides=config.anchor_strides, aspect_ratios=config.anchor_aspect_ratios,
+            octave_base=config.anchor_octave_base, scales_per_octave=config.anchor_scales_per_octave,
         )
-        self.box_coder = GlipBoxCoder(config.box_coder_weights, config.box_coder_max_log_scale)
+        self.box_coder = GlipBoxCoder(weights=config.box_coder_weights, max_log_scale=config.box_coder_max_log_scale)
         self.loss_function = GlipLoss(
-            self.box_coder, config.atss_topk, config.focal_alpha, config.focal_gamma, config.box_loss_weight
+            self.box_coder, topk=config.atss_topk, focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
+            box_loss_weight=config.box_loss_weight,
         )
         self.post_init()
 
