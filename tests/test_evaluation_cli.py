@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 import subprocess
 import sys
 from pathlib import Path
@@ -77,6 +78,9 @@ def test_evaluate_lvis_chunks_of_40_names_share_one_vision_pass(workspace, tmp_p
     categories = {entry["category_id"] for entry in predictions}
     assert min(categories) <= 40 < max(categories)  # both chunks produced detections
     assert processor.detections_per_image == 300
+    per_chunk = Counter((entry["image_id"], entry["category_id"] > 40) for entry in predictions)
+    assert max(per_chunk.values()) <= 300  # the original's cut, per chunk
+    assert max(sum(n for (image, _), n in per_chunk.items() if image == i) for i in range(1, 5)) > 300
     assert {"APr", "APc", "APf"} <= set(metrics) and set(metrics["standard"]) == set(metrics) - {"standard"}
     predictions_file = tmp_path / "lvis_predictions.json"
     predictions_file.write_text(json.dumps(predictions))
