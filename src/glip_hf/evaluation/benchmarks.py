@@ -50,7 +50,9 @@ def coco_metrics(ground_truth: dict, results: list[dict]) -> dict[str, float]:
 
     if not results:
         return dict.fromkeys(COCO_KEYS, 0.0)
-    coco_gt = coco_from_dict(ground_truth)
+    # pycocotools reads `iscrowd` and `area` of every annotation; files without them (LVIS-style) get the defaults.
+    annotations = [{"iscrowd": 0, "area": a["bbox"][2] * a["bbox"][3], **a} for a in ground_truth["annotations"]]
+    coco_gt = coco_from_dict({**ground_truth, "annotations": annotations})
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator = COCOeval(coco_gt, coco_gt.loadRes([dict(entry) for entry in results]), iouType="bbox")
         evaluator.evaluate()
