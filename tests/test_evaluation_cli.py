@@ -190,6 +190,12 @@ def test_bad_input_errors_name_the_file_and_the_field(workspace, tmp_path, capsy
     message = error_of(capsys, "evaluate", "--model", tmp_path, "--benchmark", "coco", "--annotations", coco,
                        "--images", coco.parent)
     assert "no config.json" in message
+    for device, words in (("gpu0", "not a torch device"), ("cuda", "CUDA is not available")):
+        if device == "cuda" and __import__("torch").cuda.is_available():
+            continue
+        message = error_of(capsys, "evaluate", "--model", workspace["model"], "--benchmark", "coco",
+                           "--annotations", coco, "--images", coco.parent, "--device", device)
+        assert words in message
 
 
 def test_existing_output_is_not_overwritten(workspace, tmp_path, capsys):
