@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,9 @@ def test_evaluate_lvis_chunks_of_40_names_share_one_vision_pass(workspace, tmp_p
     categories = {entry["category_id"] for entry in predictions}
     assert min(categories) <= 40 < max(categories)  # both chunks produced detections
     assert processor.detections_per_image == 300
+    per_chunk = Counter((entry["image_id"], entry["category_id"] > 40) for entry in predictions)
+    assert max(per_chunk.values()) <= 300  # the original's cut, per chunk
+    assert max(sum(n for (image, _), n in per_chunk.items() if image == i) for i in range(1, 5)) > 300
     assert {"APr", "APc", "APf"} <= set(metrics) and set(metrics["standard"]) == set(metrics) - {"standard"}
     predictions_file = tmp_path / "lvis_predictions.json"
     predictions_file.write_text(json.dumps(predictions))
@@ -186,6 +190,12 @@ def test_bad_input_errors_name_the_file_and_the_field(workspace, tmp_path, capsy
     message = error_of(capsys, "evaluate", "--model", tmp_path, "--benchmark", "coco", "--annotations", coco,
                        "--images", coco.parent)
     assert "no config.json" in message
+    for device, words in (("gpu0", "not a torch device"), ("cuda", "CUDA is not available")):
+        if device == "cuda" and __import__("torch").cuda.is_available():
+            continue
+        message = error_of(capsys, "evaluate", "--model", workspace["model"], "--benchmark", "coco",
+                           "--annotations", coco, "--images", coco.parent, "--device", device)
+        assert words in message
 
 
 def test_existing_output_is_not_overwritten(workspace, tmp_path, capsys):

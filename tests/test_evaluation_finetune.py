@@ -32,7 +32,7 @@ def odinw_workspace(tmp_path_factory):
 
 @pytest.mark.parametrize("mode", ["full", "prompt", "linear_probe"])
 def test_finetuned_model_evaluates_on_odinw_as_during_training(odinw_workspace, tmp_path, capsys, mode):
-    root, model, odinw, pothole, train = odinw_workspace
+    _, model, odinw, pothole, train = odinw_workspace
     output = tmp_path / mode
     metrics = finetune.main([
         "--model_name_or_path", str(model), "--train_annotations", str(train), "--train_images", str(train.parent),

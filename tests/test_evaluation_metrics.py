@@ -189,3 +189,14 @@ def test_flickr_metric_module_equals_the_recall(flickr):
     expected = flickr_recall(load_flickr_split(flickr, "test", "merged"), entries)
     assert module.compute(flickr_root=str(flickr)) == pytest.approx(expected)
     assert np.isclose(expected["R@10"], 3 / 5)
+
+
+def test_coco_scoring_fills_in_crowd_and_area_fields_a_file_may_lack():
+    from glip_hf.evaluation.benchmarks import score_detections
+
+    gt, detections = coco_ground_truth_and_detections(1)
+    for annotation in gt["annotations"]:
+        annotation["area"] = annotation["bbox"][2] * annotation["bbox"][3]
+    bare = {**gt, "annotations": [{k: v for k, v in a.items() if k not in ("iscrowd", "area")}
+                                  for a in gt["annotations"]]}
+    assert score_detections("coco", bare, detections) == score_detections("coco", gt, detections)

@@ -84,8 +84,16 @@ def _load(model_dir: Path, device: str):
 
 
 def _device(requested: str) -> str:
+    import torch
+
     from .evaluation.runner import process_state
 
+    try:
+        kind = torch.device(requested).type
+    except RuntimeError:
+        raise ValueError(f"--device {requested!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {requested}: CUDA is not available on this machine")
     _, world_size = process_state(requested)
     if requested == "cuda" and world_size > 1:
         from accelerate import PartialState

@@ -1,11 +1,12 @@
-"""Benchmark evaluation entry points: inference plus scoring (`evaluate_benchmark`) and scoring of predictions
-already made (`score_predictions`).
+"""Benchmark evaluation entry points: inference plus scoring (`evaluate_detection`, `evaluate_odinw`,
+`evaluate_flickr`) and scoring of predictions already made (`score_predictions`, `score_detections`).
 
 Per-benchmark settings follow the original's evaluation commands (microsoft/GLIP README and configs): COCO and
-ODinW keep 100 detections per image and one prompt with every class; LVIS keeps 300 per image and prompts of
-40 class names (TEST.CHUNKED_EVALUATION 40) that share one vision pass; Flickr30k grounds each sentence's
-phrases, one result per sentence. Test sizes come from the model folder (the converter writes the YAML's
-800 / 1333, which every benchmark config uses).
+ODinW keep 100 detections per image and one prompt with every class; LVIS runs prompts of 40 class names
+(TEST.CHUNKED_EVALUATION 40) that share one vision pass and keeps 300 detections per chunk, as the original's
+per-chunk queries do (standard AP then keeps 300 per image, Fixed AP 10,000 per category); Flickr30k grounds
+each sentence's phrases, one result per sentence. Test sizes come from the model folder (the converter writes
+the YAML's 800 / 1333, which every benchmark config uses).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ COCO_KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 @dataclass(frozen=True)
 class BenchmarkSettings:
+    # The post-processor's cut; with chunks, each chunk gets its own (the original runs each as its own query).
     detections_per_image: int
     chunk_size: int | None
     # COCO-style evaluation in the original converts boxes to xywh with its +1 pixel width; LVIS's does not.
@@ -48,7 +50,9 @@ def coco_metrics(ground_truth: dict, results: list[dict]) -> dict[str, float]:
 
     if not results:
         return dict.fromkeys(COCO_KEYS, 0.0)
-    coco_gt = coco_from_dict(ground_truth)
+    # pycocotools reads `iscrowd` and `area` of every annotation; files without them (LVIS-style) get the defaults.
+    annotations = [{"iscrowd": 0, "area": a["bbox"][2] * a["bbox"][3], **a} for a in ground_truth["annotations"]]
+    coco_gt = coco_from_dict({**ground_truth, "annotations": annotations})
     with contextlib.redirect_stdout(io.StringIO()):
         evaluator = COCOeval(coco_gt, coco_gt.loadRes([dict(entry) for entry in results]), iouType="bbox")
         evaluator.evaluate()
@@ -146,7 +150,8 @@ def detect_dataset(model, processor, ground_truth: dict, image_dir, source, benc
     else:
         prompts = fixed_size_chunks(class_names, settings.chunk_size)
     image_dir = Path(image_dir)
-    items = [EvaluationItem(image["id"], _image_path(image, image_dir, source), prompts)
+    items = [EvaluationItem(image["id"], _image_path(image, image_dir, source), prompts,
+                            separate_prompts=settings.chunk_size is not None)
              for image in sorted(ground_truth["images"], key=lambda image: image["id"])]
     outputs = run_items(model, processor, items, description=benchmark, **run_options)
     return _to_results(outputs, category_ids, settings.inclusive_width)

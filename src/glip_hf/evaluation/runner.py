@@ -24,8 +24,9 @@ class PromptSpec:
 @dataclass
 class EvaluationItem:
     """An image and its prompts. With `separate_prompts`, each prompt's detections are post-processed on their
-    own (grounding: one result per sentence); otherwise all prompts are chunks of one class list whose detections
-    compete per image (detection)."""
+    own, with their own `detections_per_image` cut (grounding: one result per sentence; LVIS: one per 40-name
+    chunk, as the original runs each chunk as its own query); otherwise all prompts are chunks of one class list
+    whose detections compete per image."""
 
     key: object
     image_path: Path
@@ -80,29 +81,34 @@ def _text_rows(processor, prompt: PromptSpec):
              encoded["label_ids"][row]) for row in range(encoded["input_ids"].shape[0])], encoded["text_labels"][0]
 
 
-def build_batch(processor, images, items: list[EvaluationItem]):
-    """Model inputs for a batch (every prompt row of every image, one vision pass per image) and the matching
-    post-processing inputs: per image for detection items, per prompt for grounding items."""
-    rows, groups = [], []  # rows: (image, group, ids, mask, token map, labels); groups: (image, phrase names)
+def _collect_rows(processor, items: list[EvaluationItem]):
+    """Prompt rows (image, group, ids, mask, token map, labels) and post-processing groups [image, names, offset]:
+    one group per image, or per prompt for `separate_prompts` items (labels local, offset added afterwards)."""
+    rows, groups = [], []
     for image_number, item in enumerate(items):
-        detection_names: list[str] = []
+        joint = None
         for prompt in item.prompts:
             encoded_rows, names = _text_rows(processor, prompt)
             if item.separate_prompts:
-                groups.append((image_number, names))
-                group, offset = len(groups) - 1, 0
+                groups.append([image_number, names, prompt.label_offset])
+                offset = 0
             else:
-                if not detection_names:
-                    groups.append((image_number, detection_names))
-                group, offset = len(groups) - 1, prompt.label_offset
-                detection_names.extend(names)
+                if joint is None:
+                    joint = [image_number, [], 0]
+                    groups.append(joint)
+                offset = len(joint[1])  # chunks of one class list follow each other
+                joint[1] = joint[1] + names
             for input_ids, attention_mask, token_map, label_ids in encoded_rows:
                 labels = torch.where(label_ids >= 0, label_ids + offset, label_ids)
-                rows.append((image_number, group, input_ids, attention_mask, token_map, labels))
+                rows.append((image_number, len(groups) - 1, input_ids, attention_mask, token_map, labels))
+    return rows, groups
+
+
+def _pad_rows(rows, pad_token_id: int):
+    """The rows' ids, masks, token maps and labels padded to the longest prompt and the most phrases."""
     length = max(int(row[3].sum()) for row in rows)
     phrases = max(row[4].shape[0] for row in rows)
-    pad = processor.tokenizer.pad_token_id or 0
-    input_ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    input_ids = torch.full((len(rows), length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
     token_maps = torch.zeros((len(rows), phrases, length))
     label_ids = torch.full((len(rows), phrases), -1, dtype=torch.long)
@@ -111,17 +117,24 @@ def build_batch(processor, images, items: list[EvaluationItem]):
         input_ids[index, :used], attention_mask[index, :used] = ids[:used], mask[:used]
         token_maps[index, : token_map.shape[0], :used] = token_map[:, :used]
         label_ids[index, : labels.shape[0]] = labels
+    return input_ids, attention_mask, token_maps, label_ids
+
+
+def build_batch(processor, images, items: list[EvaluationItem]):
+    """Model inputs for a batch (every prompt row of every image, one vision pass per image), the matching
+    post-processing inputs, and per post-processing group its image and the offset of its labels."""
+    rows, groups = _collect_rows(processor, items)
+    input_ids, attention_mask, token_maps, label_ids = _pad_rows(rows, processor.tokenizer.pad_token_id or 0)
     pixels = processor.image_processor(images, return_tensors="pt")
-    image_of_row = torch.tensor([row[0] for row in rows])
-    group_of_row = torch.tensor([row[1] for row in rows])
     group_images = torch.tensor([group[0] for group in groups])
     model_inputs = {"pixel_values": pixels["pixel_values"], "input_ids": input_ids,
-                    "attention_mask": attention_mask, "image_index": image_of_row}
-    post_inputs = {"token_maps": token_maps, "label_ids": label_ids, "image_index": group_of_row,
+                    "attention_mask": attention_mask, "image_index": torch.tensor([row[0] for row in rows])}
+    post_inputs = {"token_maps": token_maps, "label_ids": label_ids,
+                   "image_index": torch.tensor([row[1] for row in rows]),
                    "image_sizes": pixels["image_sizes"][group_images],
                    "original_sizes": pixels["original_sizes"][group_images],
                    "text_labels": [list(group[1]) for group in groups]}
-    return model_inputs, post_inputs, [group[0] for group in groups]
+    return model_inputs, post_inputs, [(group[0], group[2]) for group in groups]
 
 
 def open_image(path: Path):
@@ -153,23 +166,23 @@ def run_items(model, processor, items: list[EvaluationItem], batch_size: int = 1
         for batch in batches:
             batch_items = [item for _, item in batch]
             images = [open_image(item.image_path) for item in batch_items]
-            model_inputs, post_inputs, group_images = build_batch(processor, images, batch_items)
+            model_inputs, post_inputs, group_origins = build_batch(processor, images, batch_items)
             with torch.no_grad(), autocast:
                 outputs = model(**{key: value.to(device) for key, value in model_inputs.items()})
             detections = processor.post_process_grounded_object_detection(outputs, post_inputs, threshold=0.0)
             per_item = [[] for _ in batch]
-            for image_number, detection in zip(group_images, detections):
-                per_item[image_number].append(_compact(detection))
+            for (image_number, label_offset), detection in zip(group_origins, detections):
+                per_item[image_number].append(_compact(detection, label_offset))
             results += [(position, item.key, groups) for (position, item), groups in zip(batch, per_item)]
             progress.update(len(batch))
     gathered = sorted(gather_results(results, world_size), key=lambda entry: entry[0])
     return [(key, groups) for _, key, groups in gathered]
 
 
-def _compact(detection: dict) -> dict:
+def _compact(detection: dict, label_offset: int = 0) -> dict:
     order = torch.argsort(detection["scores"].float(), descending=True, stable=True)
     return {"scores": detection["scores"][order].float().cpu().tolist(),
-            "labels": detection["labels"][order].cpu().tolist(),
+            "labels": (detection["labels"][order].cpu() + label_offset).tolist(),
             "boxes": detection["boxes"][order].float().cpu().tolist()}
 
 
