@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from . import cli_export
+
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#800000", "#000075"]
 
 
@@ -24,6 +26,7 @@ def parse_args(argv=None):
     detect.add_argument("--threshold", type=float, default=0.3, help="minimum final score (default 0.3)")
     detect.add_argument("--output-dir", type=Path, default=Path("glip_detections"), help="where to write PNG + JSON")
     detect.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    cli_export.add_parser(commands)
     return parser.parse_args(argv)
 
 
@@ -106,6 +109,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.command == "detect":
         return detect(args)
+    if args.command == "export":
+        return cli_export.run(args)
     return 2
 
 
