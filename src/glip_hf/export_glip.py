@@ -198,7 +198,8 @@ def program_to_onnx(program, path, kind: str = "detector", opset: int = DEFAULT_
     names = {"text_encoder": TEXT_ENCODER_INPUTS, "cached_prompt": CACHED_PROMPT_INPUTS}.get(kind, DETECTOR_INPUTS)
     outputs = TEXT_ENCODER_OUTPUTS if kind == "text_encoder" else DETECTOR_OUTPUTS
     onnx_program = torch.onnx.export(program, input_names=list(names), output_names=list(outputs), opset_version=opset,
-                                     dynamo=True, external_data=False, verbose=False)
+                                     dynamo=True, external_data=False, verbose=False,
+                                     optimize=False)
     path = Path(path)
     onnx_program.save(str(path))
     return path
