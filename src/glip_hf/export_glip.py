@@ -164,9 +164,15 @@ def export_program(model, kind: str = "detector", image_size=DEFAULT_IMAGE_SIZE,
     """torch.export's `ExportedProgram` of one graph: "detector" (DETECTOR_INPUTS), "cached_prompt"
     (CACHED_PROMPT_INPUTS) or "text_encoder" (TEXT_ENCODER_INPUTS), for (height, width) images, with dynamic batch
     and text length. `example` (the detector's inputs) replaces random example inputs; `eager_attention`: see
-    `export_mode`."""
+    `export_mode`. The model is moved to the CPU in `dtype` (in place, as `model.to`)."""
     model = _exportable(model, dtype)
     example = example or example_inputs(model.config, image_size, dtype=dtype)
+    if tuple(example["pixel_values"].shape[-2:]) != check_image_size(image_size):
+        raise ValueError(f"the example's pixel_values are {tuple(example['pixel_values'].shape[-2:])}, not the "
+                         f"image_size {tuple(image_size)} to export; pad them (pad_pixel_values)")
+    if example["pixel_values"].shape[0] == 1:
+        # torch.export takes a size of 1 for a constant: trace a batch of two for a graph of any batch.
+        example = {name: torch.cat([tensor, tensor]) for name, tensor in example.items()}
     if kind == "text_encoder":
         module, names = GlipTextEncoderForExport(model), TEXT_ENCODER_INPUTS
     elif kind in ("detector", "cached_prompt"):
