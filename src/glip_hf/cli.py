@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import cli_evaluate, cli_label
+from . import cli_evaluate, cli_export, cli_label
 
 PALETTE = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#800000", "#000075"]
 # Marks the pictures `detect` writes, so that a later run may replace them (and nothing else).
@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     cli_evaluate.add_parser(commands)
     cli_label.add_parser(commands)
+    cli_export.add_parser(commands)
     return parser
 
 
@@ -279,6 +280,8 @@ def main(argv=None) -> int:
         return cli_evaluate.run(args)
     if args.command == "label":
         return cli_label.run(args)
+    if args.command == "export":
+        return cli_export.run(args)
     return 2
 
 

@@ -25,6 +25,7 @@ from torchvision.ops import deform_conv2d
 
 # Imported by name (not `from . import`): transformers' remote code copies the modules found in such lines.
 from .deform_im2col_triton import deform_im2col
+from .precision_glip import cpu_has_fast_bf16
 from .speed_glip import deform_conv_uses_torchvision, grid_sample_channel_groups, sampling_uses_triton
 
 KERNEL_SIZE = 3
@@ -123,9 +124,12 @@ class ModulatedDeformConv2d(nn.Module):
         # Sampling positions are sensitive to rounding (and torchvision's kernel has no autocast rule for reduced
         # precision): sampling runs in float32 under autocast / bf16; see the module docstring for the product.
         reduced = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+        # The product in the reduced dtype where the hardware multiplies in it (a CPU without bf16 units would
+        # convert every operand back to float32, slower than float32 itself).
+        product_dtype = reduced if on_cuda or (reduced == torch.bfloat16 and cpu_has_fast_bf16()) else torch.float32
         with torch.autocast(device_type=x.device.type, enabled=False):
             out = _sampled_deform_conv(x.float(), offset.float(), mask.float(), self.weight.float(),
-                                       self.bias.float(), self.stride, reduced if on_cuda else torch.float32)
+                                       self.bias.float(), self.stride, product_dtype)
         return out.to(x.dtype)
 
 

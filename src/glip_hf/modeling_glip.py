@@ -248,28 +248,39 @@ class GlipModel(GlipPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def _check_inputs(self, pixel_values, input_ids, attention_mask, image_index):
+    def _check_inputs(self, pixel_values, input_ids, attention_mask, image_index, text_features=None):
         if pixel_values.dim() != 4:
             raise ValueError(f"pixel_values must be (batch, 3, height, width), got shape {tuple(pixel_values.shape)}")
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, text_length), got shape {tuple(input_ids.shape)}")
-        if image_index is None and pixel_values.shape[0] != input_ids.shape[0]:
+        if (input_ids is None) == (text_features is None):
+            raise ValueError("Give either input_ids or text_features (from encode_prompt), not both and not neither")
+        text_name, text_inputs = ("input_ids", input_ids) if text_features is None else ("text_features", text_features)
+        if text_features is not None and (
+            text_features.dim() != 3 or text_features.shape[-1] != self.config.text_config.hidden_size
+        ):
             raise ValueError(
-                f"Batch sizes differ: pixel_values has {pixel_values.shape[0]} images but input_ids has "
-                f"{input_ids.shape[0]} captions; give one caption per image, or image_index to say which image each "
+                f"text_features must be (batch, text_length, {self.config.text_config.hidden_size}) from encode_prompt, "
+                f"got shape {tuple(text_features.shape)}"
+            )
+        if text_features is None and input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, text_length), got shape {tuple(input_ids.shape)}")
+        if image_index is None and pixel_values.shape[0] != text_inputs.shape[0]:
+            raise ValueError(
+                f"Batch sizes differ: pixel_values has {pixel_values.shape[0]} images but {text_name} has "
+                f"{text_inputs.shape[0]} captions; give one caption per image, or image_index to say which image each "
                 "caption belongs to"
             )
-        if image_index is not None and image_index.shape != input_ids.shape[:1]:
+        if image_index is not None and image_index.shape != text_inputs.shape[:1]:
             raise ValueError(
-                f"image_index must have one entry per caption ({input_ids.shape[0]}), got shape {tuple(image_index.shape)}"
+                f"image_index must have one entry per caption ({text_inputs.shape[0]}), got shape {tuple(image_index.shape)}"
             )
-        if attention_mask is not None and attention_mask.shape != input_ids.shape:
+        if attention_mask is not None and attention_mask.shape != text_inputs.shape[:2]:
             raise ValueError(
-                f"attention_mask {tuple(attention_mask.shape)} must have the shape of input_ids {tuple(input_ids.shape)}"
+                f"attention_mask {tuple(attention_mask.shape)} must be (batch, text_length) of {text_name} "
+                f"{tuple(text_inputs.shape)}"
             )
-        if input_ids.shape[1] > self.config.max_text_len:
+        if text_inputs.shape[1] > self.config.max_text_len:
             raise ValueError(
-                f"The text has {input_ids.shape[1]} tokens, more than max_text_len={self.config.max_text_len}; "
+                f"The text has {text_inputs.shape[1]} tokens, more than max_text_len={self.config.max_text_len}; "
                 "split long class lists into several prompts (GlipProcessor does this)"
             )
         min_side = max(self.config.anchor_strides)
@@ -292,16 +303,25 @@ class GlipModel(GlipPreTrainedModel):
         )
         return text_outputs.last_hidden_state, text_outputs.hidden_states
 
+    def encode_prompt(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.FloatTensor:
+        """The text tower's output (B, T, D) for tokenised prompts, to pass as `text_features` to `forward` (with the
+        same `attention_mask`) instead of `input_ids`: one class list run over many images pays the text tower once.
+        The detections are those of the full path."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.encode_text(input_ids, attention_mask, token_type_ids)[0]
+
     def forward(
         self,
         pixel_values: torch.FloatTensor,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         pixel_mask: torch.LongTensor | None = None,
         image_index: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        text_features: torch.FloatTensor | None = None,
         **processor_outputs,
     ) -> GlipModelOutput:
         r"""
@@ -309,6 +329,8 @@ class GlipModel(GlipPreTrainedModel):
         input_ids, attention_mask, token_type_ids (B, T): the tokenised captions; T at most `max_text_len`.
         image_index (B,): the image of each caption, so that several prompts (different prompts, or chunks of a long
             class list) share one run of the vision tower. Default: caption b goes with image b (N == B).
+        text_features (B, T, D): `encode_prompt`'s output, given instead of `input_ids` (then the text tower does not
+            run and `text_encoder_hidden_states` is None).
         pixel_mask (B, H, W): accepted for API compatibility and not used: as in the original, the padded canvas is
             part of the input, so pad images to the same multiple of 32 (GlipImageProcessor does) for stable results.
         processor_outputs: the other keys of GlipProcessor's output (`NON_MODEL_INPUT_KEYS`), ignored; anything
@@ -318,16 +340,17 @@ class GlipModel(GlipPreTrainedModel):
         output_hidden_states = output_hidden_states if output_hidden_states is not None else (
             self.config.output_hidden_states
         )
+        self._check_inputs(pixel_values, input_ids, attention_mask, image_index, text_features)
+        text_inputs = input_ids if text_features is None else text_features
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        self._check_inputs(pixel_values, input_ids, attention_mask, image_index)
+            attention_mask = torch.ones(text_inputs.shape[:2], dtype=torch.long, device=text_inputs.device)
 
         backbone_features, vision_features = self.vision_backbone(pixel_values)
-        rows = input_ids.shape[0]
+        rows = text_inputs.shape[0]
         group = self.config.max_prompts_per_pass or prompt_rows_per_pass(pixel_values, rows)
         if image_index is None and group >= rows:
             return self._fuse(backbone_features, vision_features, input_ids, attention_mask, token_type_ids,
-                              output_hidden_states)
+                              output_hidden_states, text_features)
         if image_index is None:
             image_index = torch.arange(rows, device=pixel_values.device)
         image_index = image_index.to(pixel_values.device)
@@ -338,17 +361,22 @@ class GlipModel(GlipPreTrainedModel):
             index = image_index[start : start + group]
             outputs.append(self._fuse(
                 [feature[index] for feature in backbone_features], [feature[index] for feature in vision_features],
-                input_ids[start : start + group], attention_mask[start : start + group],
-                None if token_type_ids is None else token_type_ids[start : start + group], output_hidden_states,
+                *(None if rows_input is None else rows_input[start : start + group]
+                  for rows_input in (input_ids, attention_mask, token_type_ids)),
+                output_hidden_states,
+                None if text_features is None else text_features[start : start + group],
             ))
         return outputs[0] if len(outputs) == 1 else _concatenate_rows(outputs)
 
     def _fuse(self, backbone_features, vision_features, input_ids, attention_mask, token_type_ids,
-              output_hidden_states) -> GlipModelOutput:
-        """Text tower and DyHead for rows whose vision features are already gathered (one image per row)."""
-        text_features, text_encoder_states = self.encode_text(
-            input_ids, attention_mask, token_type_ids, output_hidden_states
-        )
+              output_hidden_states, text_features=None) -> GlipModelOutput:
+        """Text tower (unless its `text_features` are given) and DyHead for rows whose vision features are already
+        gathered (one image per row)."""
+        text_encoder_states = None
+        if text_features is None:
+            text_features, text_encoder_states = self.encode_text(
+                input_ids, attention_mask, token_type_ids, output_hidden_states
+            )
         # The unfused dot product scores with the masked text tower output ("embedded" in the original).
         unfused_text = text_features * attention_mask[..., None].to(text_features.dtype)
         if self.prompt_embeddings is not None:
@@ -425,10 +453,15 @@ class GlipForGrounding(GlipPreTrainedModel):
                     tower.eval()  # a frozen tower keeps its inference behaviour (no dropout, no drop path)
         return self
 
+    def encode_prompt(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.FloatTensor:
+        """See [`GlipModel.encode_prompt`]: `model(pixel_values, text_features=model.encode_prompt(ids, mask),
+        attention_mask=mask)` gives the outputs of `model(pixel_values, ids, mask)`."""
+        return self.model.encode_prompt(input_ids, attention_mask, token_type_ids)
+
     def forward(
         self,
         pixel_values: torch.FloatTensor,
-        input_ids: torch.LongTensor,
+        input_ids: torch.LongTensor | None = None,
         attention_mask: torch.LongTensor | None = None,
         token_type_ids: torch.LongTensor | None = None,
         pixel_mask: torch.LongTensor | None = None,
@@ -436,6 +469,7 @@ class GlipForGrounding(GlipPreTrainedModel):
         labels: list[dict] | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        text_features: torch.FloatTensor | None = None,
         **processor_outputs,
     ) -> GlipGroundingOutput:
         r"""
@@ -447,7 +481,7 @@ class GlipForGrounding(GlipPreTrainedModel):
         _check_extra_inputs(f"{type(self).__name__}.forward()", processor_outputs)
         outputs = self.model(
             pixel_values, input_ids, attention_mask, token_type_ids, pixel_mask, image_index,
-            output_hidden_states=output_hidden_states,
+            output_hidden_states=output_hidden_states, text_features=text_features,
         )
         logits, box_regression, centerness = self.head(outputs.vision_features, outputs.text_features)
         anchors = self.anchor_generator(outputs.spatial_shapes.tolist(), logits.device, box_regression.dtype)

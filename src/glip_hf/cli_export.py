@@ -1,0 +1,74 @@
+"""`glip-hf export --model DIR --output OUT [--format onnx|torch-export] [--opset N] [--dtype fp32|fp16|bf16]
+[--image-size HxW] [--cached-prompt]`.
+
+ONNX: OUT is the detector's file (inputs pixel_values, input_ids, attention_mask; outputs logits, pred_boxes,
+centerness), for images padded to HxW (default 800x1344), any batch and text length. With `--cached-prompt`, two more files next to it: `<stem>.text_encoder.onnx` (input_ids,
+attention_mask -> text_features) and `<stem>.cached_prompt.onnx` (pixel_values, text_features, attention_mask).
+`--format torch-export` writes the same graphs as `torch.export.save` archives (`.pt2`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FORMATS = ("onnx", "torch-export")
+
+
+def add_parser(subparsers) -> None:
+    export = subparsers.add_parser("export", help="export a model to ONNX or torch.export")
+    export.add_argument("--model", required=True, type=Path, help="folder saved with save_pretrained / the converter")
+    export.add_argument("--output", required=True, type=Path, help="file to write (.onnx, or .pt2 for torch-export)")
+    export.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torch-export")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; at least 16, GridSample)")
+    export.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="weights and activations")
+    export.add_argument("--image-size", default="800x1344",
+                        help="HxW (multiples of 32) of the padded images the graph takes (default 800x1344)")
+    export.add_argument("--cached-prompt", action="store_true",
+                        help="also write the text encoder and the detector that takes its text_features")
+    export.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def _outputs(args) -> dict[str, Path]:
+    paths = {"detector": args.output}
+    if args.cached_prompt:
+        suffix = args.output.suffix or (".onnx" if args.format == "onnx" else ".pt2")
+        stem = args.output.with_suffix("")
+        paths["text_encoder"] = Path(f"{stem}.text_encoder{suffix}")
+        paths["cached_prompt"] = Path(f"{stem}.cached_prompt{suffix}")
+    return paths
+
+
+def run(args) -> int:
+    import torch
+
+    from .export_glip import DEFAULT_OPSET, DTYPES, MIN_OPSET, check_image_size, export_onnx, export_program
+    from .modeling_glip import GlipForGrounding
+
+    if not (args.model / "config.json").is_file():
+        raise SystemExit(f"error: {args.model} is not a GLIP model folder (no config.json); convert a checkpoint first")
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    if args.format == "onnx" and opset < MIN_OPSET:
+        raise SystemExit(f"error: --opset {opset} is too old: ONNX GridSample needs at least {MIN_OPSET}")
+    if args.format != "onnx" and args.opset is not None:
+        raise SystemExit("error: --opset applies to --format onnx only")
+    try:
+        height, _, width = args.image_size.partition("x")
+        image_size = check_image_size((int(height), int(width or height)))
+    except ValueError:
+        raise SystemExit(
+            f"error: --image-size must be HxW in multiples of 32 (at least 128), got {args.image_size!r}") from None
+    paths = _outputs(args)
+    existing = [str(path) for path in paths.values() if path.exists()]
+    if existing and not args.overwrite:
+        raise SystemExit(f"error: {', '.join(existing)} already exist(s); pass --overwrite to replace")
+    if not args.output.parent.is_dir():
+        raise SystemExit(f"error: the folder of {args.output} does not exist")
+    model = GlipForGrounding.from_pretrained(args.model).eval()
+    dtype = DTYPES[args.dtype]
+    for kind, path in paths.items():
+        if args.format == "onnx":
+            export_onnx(model, path, kind, image_size, opset=opset, dtype=dtype)
+        else:
+            torch.export.save(export_program(model, kind, image_size, dtype), str(path))
+        print(f"{kind}: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0

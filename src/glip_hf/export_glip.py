@@ -1,0 +1,246 @@
+"""GLIP as deployable graphs: ONNX (run by ONNX Runtime, standard operators only) and torch.export programs.
+
+The exported detector takes `pixel_values` (B, 3, H, W), `input_ids` (B, T) and `attention_mask` (B, T), and
+returns `logits` (B, A, T), `pred_boxes` (B, A, 4) and `centerness` (B, A) as `GlipForGrounding` does. Batch and
+text length are dynamic; the image size (H, W), multiples of 32, is fixed per graph (`pad_pixel_values` pads a
+processor's output to it). A dynamic image size does not trace: transformers' Swin pads each stage to its window
+and branches on whether it did, and the symbolic sizes of 4 stages x 2 blocks of such padding grow until
+torch.export's shape solver spends tens of minutes on a tiny model. A second pair of graphs runs a prompt once: the
+text encoder (`input_ids`, `attention_mask` -> `text_features`) and the detector that takes `text_features` in
+place of `input_ids`. `post_process_exported` turns the outputs into detections without the PyTorch model.
+
+Tracing runs on the CPU: the deformable convs go through their `grid_sample` form (ONNX `GridSample`, opset >= 16),
+never through torchvision's kernel or Triton.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from .fusion_glip import GlipTextLayer
+from .postprocessing_glip import phrase_scores, post_process_grounding
+
+DETECTOR_INPUTS = ("pixel_values", "input_ids", "attention_mask")
+CACHED_PROMPT_INPUTS = ("pixel_values", "text_features", "attention_mask")
+TEXT_ENCODER_INPUTS = ("input_ids", "attention_mask")
+DETECTOR_OUTPUTS = ("logits", "pred_boxes", "centerness")
+TEXT_ENCODER_OUTPUTS = ("text_features",)
+# ONNX's GridSample arrived in opset 16; the exporter's own default is newer.
+MIN_OPSET = 16
+DEFAULT_OPSET = 18
+IMAGE_MULTIPLE = 32
+# GlipImageProcessor's default: shorter side 800, longer at most 1333, padded to multiples of 32.
+DEFAULT_IMAGE_SIZE = (800, 1344)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def anchors_for_features(anchor_generator, vision_features) -> torch.Tensor:
+    """All anchors (A, 4) for the levels' feature maps, built from their (possibly symbolic) sizes: an exported
+    graph computes them for each input size instead of baking in those of the example."""
+    levels = []
+    for cell, stride, feature in zip(anchor_generator._cells, anchor_generator.strides, vision_features):
+        cell = torch.tensor(cell, dtype=feature.dtype, device=feature.device)
+        levels.append(anchor_generator._grid(cell, stride, feature.shape[-2:]))
+    return torch.cat(levels)
+
+
+class GlipDetectorForExport(nn.Module):
+    """`GlipForGrounding` with tensors in and out: (pixel_values, input_ids or text_features, attention_mask) ->
+    (logits, pred_boxes, centerness)."""
+
+    def __init__(self, model, cached_prompt: bool = False):
+        super().__init__()
+        self.model = model
+        self.cached_prompt = cached_prompt
+
+    def forward(self, pixel_values, text, attention_mask):
+        text_inputs = {"text_features" if self.cached_prompt else "input_ids": text}
+        outputs = self.model.model(pixel_values, attention_mask=attention_mask, **text_inputs)
+        logits, box_regression, centerness = self.model.head(outputs.vision_features, outputs.text_features)
+        anchors = anchors_for_features(self.model.anchor_generator, outputs.vision_features)
+        pred_boxes = self.model.box_coder.decode(box_regression, anchors[None].to(box_regression.dtype))
+        return logits, pred_boxes, centerness
+
+
+class GlipTextEncoderForExport(nn.Module):
+    """The prompt step: (input_ids, attention_mask) -> text_features, as `GlipForGrounding.encode_prompt`."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model.encode_prompt(input_ids, attention_mask)
+
+
+@contextlib.contextmanager
+def export_mode(model, eager_attention: bool = False):
+    """Settings for tracing, restored afterwards: every prompt row in one DyHead pass (the CPU's rows-per-pass rule
+    is a loop over the batch, which a graph with a dynamic batch cannot hold), and with `eager_attention` the towers'
+    and the DyHead's BERT layers' attention as plain products and softmax (the ONNX exporter's decomposition of
+    `scaled_dot_product_attention` leaves a view of a transposed tensor that it then cannot run)."""
+    config = model.config
+    saved_rows = config.max_prompts_per_pass
+    towers = [module.config for module in model.modules()
+              if isinstance(module, PreTrainedModel) and module.config is not config] if eager_attention else []
+    text_layers = [module for module in model.modules() if isinstance(module, GlipTextLayer)] if eager_attention else []
+    saved_towers = [tower._attn_implementation for tower in towers]
+    saved_layers = [layer.attention_implementation for layer in text_layers]
+    config.max_prompts_per_pass = 2**31 - 1
+    for tower in towers:
+        tower._attn_implementation = "eager"
+    for layer in text_layers:
+        layer.attention_implementation = "eager"
+    try:
+        yield model
+    finally:
+        config.max_prompts_per_pass = saved_rows
+        for tower, implementation in zip(towers, saved_towers):
+            tower._attn_implementation = implementation
+        for layer, implementation in zip(text_layers, saved_layers):
+            layer.attention_implementation = implementation
+
+
+def example_inputs(config, image_size=DEFAULT_IMAGE_SIZE, batch: int = 1, text_length: int = 8,
+                   dtype=torch.float32) -> dict:
+    """Random inputs of the detector's signature for (height, width) images."""
+    height, width = check_image_size(image_size)
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(1000, 2000, (batch, text_length), generator=generator) % config.text_config.vocab_size
+    return {
+        "pixel_values": torch.randn(batch, 3, height, width, generator=generator).to(dtype),
+        "input_ids": input_ids,
+        "attention_mask": torch.ones_like(input_ids),
+    }
+
+
+def check_image_size(image_size) -> tuple[int, int]:
+    """(height, width) of the exported graph's images: multiples of 32, as GlipImageProcessor pads to."""
+    height, width = (int(side) for side in image_size)
+    if height % IMAGE_MULTIPLE or width % IMAGE_MULTIPLE or min(height, width) < IMAGE_MULTIPLE * 4:
+        raise ValueError(f"image_size must be (height, width) in multiples of {IMAGE_MULTIPLE}, at least 128, got "
+                         f"{tuple(image_size)}")
+    return height, width
+
+
+def pad_pixel_values(pixel_values: torch.Tensor, image_size) -> torch.Tensor:
+    """Zero-pads a processor's (B, 3, h, w) `pixel_values` at the bottom/right to the graph's (height, width)."""
+    height, width = check_image_size(image_size)
+    if pixel_values.shape[-2] > height or pixel_values.shape[-1] > width:
+        raise ValueError(f"pixel_values of size {tuple(pixel_values.shape[-2:])} do not fit the exported graph's "
+                         f"{(height, width)}; resize the images (GlipImageProcessor size=) or export a larger size")
+    return F.pad(pixel_values, (0, width - pixel_values.shape[-1], 0, height - pixel_values.shape[-2]))
+
+
+def dynamic_shapes(config, names) -> dict:
+    """torch.export dynamic shapes for the named inputs: batch and text length (the image size is the example's)."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    text_length = torch.export.Dim("text_length", min=1, max=config.max_text_len)
+    shapes = {
+        "pixel_values": {0: batch},
+        "input_ids": {0: batch, 1: text_length},
+        "text_features": {0: batch, 1: text_length},
+        "attention_mask": {0: batch, 1: text_length},
+    }
+    return {name: shapes[name] for name in names}
+
+
+def _exportable(model, dtype):
+    if model.training:
+        raise ValueError("export a model in eval mode (model.eval()): training behaviour (dropout) would be traced")
+    if dtype not in DTYPES.values():
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    return model.to("cpu", dtype=dtype)
+
+
+def export_program(model, kind: str = "detector", image_size=DEFAULT_IMAGE_SIZE, dtype=torch.float32,
+                   example: dict | None = None, eager_attention: bool = False):
+    """torch.export's `ExportedProgram` of one graph: "detector" (DETECTOR_INPUTS), "cached_prompt"
+    (CACHED_PROMPT_INPUTS) or "text_encoder" (TEXT_ENCODER_INPUTS), for (height, width) images, with dynamic batch
+    and text length. `example` (the detector's inputs) replaces random example inputs; `eager_attention`: see
+    `export_mode`. The model is moved to the CPU in `dtype` (in place, as `model.to`)."""
+    model = _exportable(model, dtype)
+    example = example or example_inputs(model.config, image_size, dtype=dtype)
+    if tuple(example["pixel_values"].shape[-2:]) != check_image_size(image_size):
+        raise ValueError(f"the example's pixel_values are {tuple(example['pixel_values'].shape[-2:])}, not the "
+                         f"image_size {tuple(image_size)} to export; pad them (pad_pixel_values)")
+    if example["pixel_values"].shape[0] == 1:
+        # torch.export takes a size of 1 for a constant: trace a batch of two for a graph of any batch.
+        example = {name: torch.cat([tensor, tensor]) for name, tensor in example.items()}
+    if kind == "text_encoder":
+        module, names = GlipTextEncoderForExport(model), TEXT_ENCODER_INPUTS
+    elif kind in ("detector", "cached_prompt"):
+        cached = kind == "cached_prompt"
+        module, names = GlipDetectorForExport(model, cached), CACHED_PROMPT_INPUTS if cached else DETECTOR_INPUTS
+        if cached and "text_features" not in example:
+            with torch.no_grad():
+                example = {**example, "text_features": model.encode_prompt(example["input_ids"],
+                                                                          example["attention_mask"])}
+    else:
+        raise ValueError(f"kind must be 'detector', 'cached_prompt' or 'text_encoder', got {kind!r}")
+    args = tuple(example[name] for name in names)
+    with export_mode(model, eager_attention), torch.no_grad():
+        return torch.export.export(module, args, dynamic_shapes=tuple(dynamic_shapes(model.config, names).values()),
+                                   strict=False)
+
+
+def export_onnx(model, path, kind: str = "detector", image_size=DEFAULT_IMAGE_SIZE, opset: int = DEFAULT_OPSET,
+                dtype=torch.float32, example: dict | None = None) -> Path:
+    """Writes one graph (see `export_program`) as an ONNX file at `path`, with named inputs and outputs."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset must be at least {MIN_OPSET} (ONNX GridSample), got {opset}")
+    program = export_program(model, kind, image_size, dtype, example, eager_attention=True)
+    return program_to_onnx(program, path, kind, opset)
+
+
+def program_to_onnx(program, path, kind: str = "detector", opset: int = DEFAULT_OPSET) -> Path:
+    """Writes an `export_program(..., eager_attention=True)` result of that `kind` as an ONNX file at `path`."""
+    names = {"text_encoder": TEXT_ENCODER_INPUTS, "cached_prompt": CACHED_PROMPT_INPUTS}.get(kind, DETECTOR_INPUTS)
+    outputs = TEXT_ENCODER_OUTPUTS if kind == "text_encoder" else DETECTOR_OUTPUTS
+    onnx_program = torch.onnx.export(program, input_names=list(names), output_names=list(outputs), opset_version=opset,
+                                     dynamo=True, external_data=False, verbose=False,
+                                     optimize=False)
+    path = Path(path)
+    onnx_program.save(str(path))
+    return path
+
+
+def post_process_exported(logits, pred_boxes, centerness, token_maps, image_sizes, input_size, target_sizes=None,
+                          anchor_strides=(8, 16, 32, 64, 128), threshold: float = 0.05, **kwargs) -> list[dict]:
+    """Detections from an exported graph's outputs (numpy arrays or tensors), without the PyTorch model.
+
+    token_maps (B, P, T) and image_sizes (B, 2) are the processor's `token_maps` and `image_sizes`, input_size the
+    (H, W) of the `pixel_values` the graph ran on. Keyword arguments go to `post_process_grounding`. Returns per
+    image `scores`, `labels` (phrase index) and `boxes` (xyxy, in `target_sizes` when given) as tensors.
+    """
+    logits, pred_boxes, centerness = (torch.as_tensor(array).float() for array in (logits, pred_boxes, centerness))
+    spatial_shapes = level_shapes(*input_size, anchor_strides)
+    if int(spatial_shapes.prod(1).sum()) != logits.shape[1]:
+        raise ValueError(f"the outputs have {logits.shape[1]} anchors, not those of a {tuple(input_size)} input")
+    scores = phrase_scores(logits, torch.as_tensor(token_maps))
+    return post_process_grounding(scores, centerness, pred_boxes, spatial_shapes, torch.as_tensor(image_sizes),
+                                  target_sizes, threshold=threshold, **kwargs)
+
+
+def level_shapes(height: int, width: int, strides=(8, 16, 32, 64, 128)) -> torch.Tensor:
+    """(L, 2) sizes of the pyramid levels of an (height, width) input: P6 and P7 are stride-2 convs with padding 1,
+    so every level rounds up."""
+    return torch.tensor([(-(-int(height) // stride), -(-int(width) // stride)) for stride in strides])
+
+
+__all__ = [
+    "GlipDetectorForExport",
+    "GlipTextEncoderForExport",
+    "export_onnx",
+    "export_program",
+    "level_shapes",
+    "pad_pixel_values",
+    "post_process_exported",
+    "program_to_onnx",
+]
