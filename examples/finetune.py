@@ -32,7 +32,6 @@ from glip_hf.data_glip import (
 )
 from glip_hf.evaluation_glip import load_coco
 from glip_hf.training_glip import (
-    GlipDetectionEvalCollator,
     GlipTrainer,
     TRANSFER_MODES,
     make_coco_compute_metrics,
@@ -90,7 +89,7 @@ def evaluation_setup(data: DataArguments, processor):
         coco_detection_examples, annotation_file=data.eval_annotations, image_dir=data.eval_images,
         fixed_prompt=True, tokenizer=processor.tokenizer, max_text_len=10**6,
     )
-    collator = GlipDetectionEvalCollator(processor, [category["name"] for category in categories])
+    collator = GlipDataCollator(processor, train=False, class_names=[category["name"] for category in categories])
     label_to_category = {index: category["id"] for index, category in enumerate(categories)}
     return dataset, collator, make_coco_compute_metrics(coco, label_to_category)
 
@@ -122,17 +121,6 @@ def build_or_explain(build, *args):
         raise SystemExit(f"error: {cause}") from None
 
 
-class _RoutingCollator:
-    """Trainer takes one collator: training batches go to `train`, evaluation batches (which carry no boxes'
-    phrases, only images) to `evaluate`."""
-
-    def __init__(self, train, evaluate):
-        self.train, self.evaluate = train, evaluate
-
-    def __call__(self, examples):
-        return self.evaluate(examples) if examples and examples[0].get("_evaluation") else self.train(examples)
-
-
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not torch.cuda.is_available() and "--use_cpu" not in argv:
@@ -154,11 +142,10 @@ def main(argv=None) -> dict:
     eval_dataset, eval_collator, compute_metrics = None, None, None
     if data_args.eval_annotations:
         eval_dataset, eval_collator, compute_metrics = build_or_explain(evaluation_setup, data_args, processor)
-        eval_dataset = eval_dataset.map(lambda row: {"_evaluation": True})
 
     trainer = GlipTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        data_collator=_RoutingCollator(train_collator, eval_collator), processing_class=processor,
+        data_collator=train_collator, eval_data_collator=eval_collator, processing_class=processor,
         compute_metrics=compute_metrics, text_learning_rate=model_args.text_learning_rate,
         ema_decay=model_args.ema_decay,
     )

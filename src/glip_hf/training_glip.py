@@ -94,34 +94,33 @@ class EmaCallback(TrainerCallback):
                 parameter.copy_(self.shadow[name].to(parameter.dtype))
 
 
-class EpochCallback(TrainerCallback):
-    """Tells the collator the epoch, so that its random augmentation is a function of (seed, epoch, example)."""
-
-    def __init__(self, collator):
-        self.collator = collator
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        if hasattr(self.collator, "set_epoch"):
-            self.collator.set_epoch(int(round(state.epoch or 0)))
-
-
 class GlipTrainer(Trainer):
     """`Trainer` with GLIP's optimizer groups, per-term loss logging and detection evaluation.
 
-    Evaluation batches are post-processed inside `prediction_step` into at most `detections_per_image` boxes per
-    image, so what the trainer gathers across processes is small and fixed-size; `compute_metrics` (see
-    `make_coco_compute_metrics`) turns them into COCO AP.
+    `eval_data_collator` (default: `data_collator`) builds the evaluation batches, e.g. a `GlipDataCollator` with
+    the class-list prompt. Evaluation batches are post-processed inside `prediction_step` into at most
+    `detections_per_image` boxes per image, so what the trainer gathers across processes is small and fixed-size;
+    `compute_metrics` (see `make_coco_compute_metrics`) turns them into COCO AP.
     """
 
-    def __init__(self, *args, text_learning_rate=None, ema_decay=None, **kwargs):
+    def __init__(self, *args, text_learning_rate=None, ema_decay=None, eval_data_collator=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.text_learning_rate = text_learning_rate
+        self.eval_data_collator = eval_data_collator
         self._loss_terms: dict[str, list[float]] = {}
         self.ema = EmaCallback(self.model, ema_decay) if ema_decay else None
         if self.ema is not None:
             self.add_callback(self.ema)
-        if self.data_collator is not None:
-            self.add_callback(EpochCallback(self.data_collator))
+
+    def _get_dataloader(self, dataset, description, *args, is_training: bool = False, **kwargs):
+        # Trainer builds every loader with `self.data_collator`; evaluation and test loaders take the eval one.
+        if is_training or self.eval_data_collator is None:
+            return super()._get_dataloader(dataset, description, *args, is_training=is_training, **kwargs)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super()._get_dataloader(dataset, description, *args, is_training=is_training, **kwargs)
+        finally:
+            self.data_collator = train_collator
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -183,21 +182,7 @@ def make_coco_compute_metrics(coco_gt, label_to_category):
     return compute_metrics
 
 
-class GlipDetectionEvalCollator:
-    """Evaluation batches with one fixed class-list prompt for every image (chunked if long), as COCO/ODinW
-    evaluation does. Examples need `image` and `image_id`."""
-
-    def __init__(self, processor, class_names: list[str]):
-        self.processor, self.class_names = processor, list(class_names)
-
-    def __call__(self, examples):
-        images = [example["image"] for example in examples]
-        batch = self.processor(images=images, text=[self.class_names] * len(images))
-        batch["image_ids"] = torch.tensor([int(example["image_id"]) for example in examples])
-        return batch
-
-
 __all__ = [
-    "EmaCallback", "GlipDetectionEvalCollator", "GlipTrainer", "LINEAR_PROBE_PARAMETERS", "TRANSFER_MODES",
+    "EmaCallback", "GlipTrainer", "LINEAR_PROBE_PARAMETERS", "TRANSFER_MODES",
     "make_coco_compute_metrics", "parameter_groups", "set_transfer_mode",
 ]
