@@ -259,7 +259,7 @@ def test_cli_writes_a_picture_and_the_python_api_detections(glip, converted_refe
 @pytest.mark.parametrize("arguments, message", [
     (["--model", "MISSING", "--prompt", "person."], "not a GLIP model folder"),
     (["--prompt", " . "], "prompt is empty"),
-    (["--prompt", "person.", "--image", "NOT_AN_IMAGE"], "cannot read image"),
+    (["--prompt", "person.", "--image", "NOT_AN_IMAGE"], "cannot read an image"),
 ])
 def test_cli_explains_bad_input(converted_reference_dir, astronaut_image, tmp_path, arguments, message):
     image_path = tmp_path / "a.png"

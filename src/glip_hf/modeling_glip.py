@@ -15,6 +15,7 @@ from .configuration_glip import GlipConfig
 from .deform_conv_glip import ModulatedDeformConv2d
 from .fusion_glip import GlipDyHeadLayer, GlipFusionBlock, flatten_levels
 from .head_glip import GlipAnchorGenerator, GlipGroundingHead, Scale
+from .loading_glip import ClearLoadingErrorsMixin
 from .loss_glip import GlipLoss
 from .vision_glip import GlipVisionBackbone
 
@@ -97,7 +98,7 @@ FUSION_ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "folded", "eager")
 CPU_PIXELS_PER_PASS = 512 * 512
 
 
-class GlipPreTrainedModel(PreTrainedModel):
+class GlipPreTrainedModel(ClearLoadingErrorsMixin, PreTrainedModel):
     config: GlipConfig
     config_class = GlipConfig
     base_model_prefix = "model"
