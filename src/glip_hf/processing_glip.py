@@ -190,7 +190,7 @@ class GlipProcessor(ProcessorMixin):
     # ----- prompts -------------------------------------------------------------------------------------------------
 
     def _token_counts(self, texts: list[str]) -> list[int]:
-        # One batched tokenizer call: per-name calls cost more than the model's text tower on a GPU.
+        # One batched tokenizer call for all names: a call per name is slow for long vocabularies.
         return [len(ids) for ids in self._tokenize(texts, add_special_tokens=False)["input_ids"]]
 
     def chunk_class_names(self, class_names: list[str]) -> list[list[int]]:
