@@ -313,7 +313,7 @@ class GlipProcessor(ProcessorMixin):
         if phrase_match not in PHRASE_MATCHES:
             raise ValueError(f"phrase_match must be one of {PHRASE_MATCHES}, got {phrase_match!r}")
         images, texts, phrase_lists = self._normalise_batch(images, text, phrases)
-        annotations = _check_annotations(annotations, texts, phrase_lists, images)
+        annotations = _check_annotations(annotations, texts, images)
         rows, text_labels, image_index = [], [], []
         for image_number, (prompt, prompt_phrases) in enumerate(zip(texts, phrase_lists)):
             if annotations is not None and prompt_phrases is None:
@@ -323,6 +323,19 @@ class GlipProcessor(ProcessorMixin):
             rows += prompts
             text_labels.append(names)
             image_index += [image_number] * len(prompts)
+        data, encoding = self._encode_rows(rows)
+        data.update(image_index=torch.tensor(image_index), text_labels=text_labels)
+        if images is not None:
+            data.update(self._image_processor_for(kwargs.get("device"))(images, return_tensors="pt", **kwargs))
+        batch = BatchFeature(data, tensor_type=return_tensors)
+        if annotations is not None:
+            # Set after the conversion: a list of per-image dicts is not one tensor.
+            batch["labels"] = self._box_labels(annotations, encoding, texts, batch)
+        return batch
+
+    def _encode_rows(self, rows: list[Prompt]):
+        """Tokens of the rows' captions (padded to the longest) with each row's phrase token maps and labels, and
+        the tokenizer's encoding (character -> token lookups)."""
         encoding = self._tokenize(
             [row.caption for row in rows], padding="longest", return_token_type_ids=False, return_tensors="pt",
         )
@@ -340,16 +353,7 @@ class GlipProcessor(ProcessorMixin):
         for index, row in enumerate(rows):
             token_maps[index, : len(row.spans)] = spans_to_token_map(encoding[index], row.spans, length, row.caption)
             label_ids[index, : len(row.labels)] = torch.tensor(row.labels, dtype=torch.long)
-        data = dict(encoding)
-        data.update(token_maps=token_maps, label_ids=label_ids, image_index=torch.tensor(image_index),
-                    text_labels=text_labels)
-        if images is not None:
-            data.update(self._image_processor_for(kwargs.get("device"))(images, return_tensors="pt", **kwargs))
-        batch = BatchFeature(data, tensor_type=return_tensors)
-        if annotations is not None:
-            # Set after the conversion: a list of per-image dicts is not one tensor.
-            batch["labels"] = self._box_labels(annotations, encoding, texts, batch)
-        return batch
+        return dict(encoding, token_maps=token_maps, label_ids=label_ids), encoding
 
     def _box_labels(self, annotations, encoding, captions, batch) -> list[dict]:
         """Per image the boxes scaled as its image was resized (`BoxList.resize`) and each box's token map."""
@@ -432,7 +436,7 @@ def resize_boxes(boxes: torch.Tensor, old_size: tuple[int, int], new_size: tuple
                       boxes[:, 3:4] * ratio_h), dim=-1)
 
 
-def _check_annotations(annotations, texts, phrase_lists, images):
+def _check_annotations(annotations, texts, images):
     """One {"boxes", "spans"} per image with a caption; boxes as float32 (n, 4), spans inside the caption."""
     if annotations is None:
         return None
