@@ -211,7 +211,7 @@ class _GlipImageSettings:
     size_divisibility = 32
 
     # What `GlipProcessor` copies to build the other backend with the same settings.
-    settings = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
+    setting_names = ("do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean",
                 "image_std", "do_pad", "size_divisibility")
 
     def preprocess(self, images, **kwargs: Unpack[GlipImageProcessorKwargs]) -> BatchFeature:

@@ -373,7 +373,7 @@ class GlipProcessor(ProcessorMixin):
 
         if device is None or isinstance(self.image_processor, GlipImageProcessorFast):
             return self.image_processor
-        settings = {name: getattr(self.image_processor, name) for name in GlipImageProcessorFast.settings}
+        settings = {name: getattr(self.image_processor, name) for name in GlipImageProcessorFast.setting_names}
         settings["size"] = dict(settings["size"])
         return GlipImageProcessorFast(**settings)
 
