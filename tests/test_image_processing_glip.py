@@ -179,6 +179,15 @@ def test_grey_input_kinds_agree():
     assert torch.equal(white["pixel_values"], torch.ones(1, 3, 48, 48))
 
 
+def test_ambiguous_shapes_follow_the_type_convention():
+    def original_size(image):
+        return process(image, do_resize=False)["original_sizes"].tolist()
+
+    assert original_size(torch.zeros(2, 8, dtype=torch.uint8)) == [[2, 8]]  # 2-D is (H, W) whatever its size
+    assert original_size(np.zeros((3, 5, 3), dtype=np.uint8)) == [[3, 5]]  # numpy: channels last
+    assert original_size(torch.zeros(3, 5, 3, dtype=torch.uint8)) == [[5, 3]]  # torch: channels first
+
+
 def test_palette_image_matches_its_rgb_conversion():
     palette = Image.fromarray(random_rgb()).convert("P")
     assert palette.mode == "P"

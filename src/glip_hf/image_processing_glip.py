@@ -29,7 +29,7 @@ from transformers.image_utils import (
     IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ChannelDimension, PILImageResampling, infer_channel_dimension_format,
     load_image, to_numpy_array,
 )
-from transformers.image_transforms import to_channel_dimension_format
+from transformers.image_transforms import to_pil_image
 from transformers.processing_utils import ImagesKwargs, Unpack
 
 
@@ -116,22 +116,21 @@ def _array_to_pil(array: np.ndarray, channels_first: bool) -> Image.Image:
         )
     if array.size == 0:
         raise ValueError(f"empty image of shape {tuple(array.shape)}")
-    if array.ndim == 3:
-        channels = (1, 2, 3, 4)
-        ambiguous = array.shape[0] in channels and array.shape[-1] in channels
-        try:
-            layout = ((ChannelDimension.FIRST if channels_first else ChannelDimension.LAST) if ambiguous
-                      else infer_channel_dimension_format(array, num_channels=channels))
-        except ValueError:
-            raise ValueError(
-                f"cannot find the channel axis of an image array of shape {tuple(array.shape)}: expected 1 (grey), "
-                "2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels on the first or last axis"
-            ) from None
-        array = to_channel_dimension_format(array, ChannelDimension.LAST, input_channel_dim=layout)
-    hwc = _to_uint8(array if array.ndim == 3 else array[:, :, None])
-    mode = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}[hwc.shape[2]]
+    channels = (1, 2, 3, 4)
+    try:
+        if array.ndim == 2:
+            array, layout = array[:, :, None], ChannelDimension.LAST
+        elif array.shape[0] in channels and array.shape[-1] in channels:
+            layout = ChannelDimension.FIRST if channels_first else ChannelDimension.LAST
+        else:
+            layout = infer_channel_dimension_format(array, num_channels=channels)
+    except ValueError:
+        raise ValueError(
+            f"cannot find the channel axis of an image array of shape {tuple(array.shape)}: expected 1 (grey), "
+            "2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels on the first or last axis"
+        ) from None
     # PIL's RGB conversion repeats grey over RGB and drops alpha, as GLIP's datasets did.
-    return Image.fromarray(np.ascontiguousarray(hwc if hwc.shape[2] > 1 else hwc[:, :, 0]), mode=mode).convert("RGB")
+    return to_pil_image(_to_uint8(array), do_rescale=False, input_data_format=layout).convert("RGB")
 
 
 def _pil_to_rgb(image: Image.Image) -> Image.Image:
