@@ -43,7 +43,7 @@ def read_text_config(path: Path) -> BertConfig:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"--text-config {path} is not a JSON file: {error}") from None
     if not isinstance(content, dict):
-        raise ValueError(f"--text-config {path} must hold a JSON object of BERT settings, got {type(content).__name__}")
+        raise TypeError(f"--text-config {path} must hold a JSON object of BERT settings, got {type(content).__name__}")
     return BertConfig(**content)
 
 

@@ -32,8 +32,8 @@ from glip_hf.data_glip import (
 )
 from glip_hf.evaluation_glip import load_coco
 from glip_hf.training_glip import (
-    GlipTrainer,
     TRANSFER_MODES,
+    GlipTrainer,
     make_coco_compute_metrics,
     set_transfer_mode,
 )
@@ -116,7 +116,7 @@ def build_or_explain(build, *args):
     """The dataset, or one "error: ..." line when the data cannot be converted (no usable box, bad sizes...)."""
     try:
         return build(*args)
-    except (ValueError, DatasetGenerationError) as error:
+    except (ValueError, TypeError, DatasetGenerationError) as error:
         cause = error.__cause__ if isinstance(error, DatasetGenerationError) and error.__cause__ else error
         raise SystemExit(f"error: {cause}") from None
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO_ROOT, REFERENCE_DIR, require_reference, tiny_config
+from conftest import REFERENCE_DIR, REPO_ROOT, require_reference, tiny_config
 from PIL import Image
 
 from glip_hf import GlipConfig, GlipImageProcessor, GlipProcessor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 
@@ -322,7 +323,7 @@ class GlipConfig(PreTrainedConfig):
     def _check_strides(self) -> None:
         """P3-P7 double in stride (P6, P7 are stride-2 convs); a Swin backbone fixes P3-P5 to its stage strides."""
         strides = list(self.anchor_strides)
-        if any(fine * 2 != coarse for fine, coarse in zip(strides, strides[1:])):
+        if any(fine * 2 != coarse for fine, coarse in itertools.pairwise(strides)):
             raise ValueError(f"GlipConfig.anchor_strides must double from level to level (P3-P7), got {strides}")
         expected = backbone_strides(self.backbone_config)
         if expected is not None and len(expected) == 3 and strides[:3] != expected:

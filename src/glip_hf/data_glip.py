@@ -42,7 +42,12 @@ from PIL import Image
 
 from .image_processing_glip import get_resize_output_size, to_rgb_pil_image
 from .processing_glip import (
-    DETECTION_SEPARATOR, build_detection_prompt, clean_class_name, find_phrase_spans, load_tokenizer, resize_boxes,
+    DETECTION_SEPARATOR,
+    build_detection_prompt,
+    clean_class_name,
+    find_phrase_spans,
+    load_tokenizer,
+    resize_boxes,
 )
 
 try:
@@ -203,19 +208,20 @@ def _detection_example(image_path, image_id, boxes, category_ids, names, caption
 
 # ----- converters --------------------------------------------------------------------------------------------------
 
+DROP_REASONS = {
+    "not_finite": "boxes with NaN or infinite coordinates",
+    "empty": "boxes of zero, negative or one-pixel width or height",
+    "outside": "boxes entirely outside their image",
+    "unknown_image": "annotations of an image id not in the file's images",
+}
+
+
 class BoxReport:
     """What a conversion dropped or clipped, and why: counts per reason with a few examples, logged at the end.
 
     `finish()` raises a `ValueError` when no usable box is left in the whole source (training on it would only
     teach "nothing here"), after logging the summary.
     """
-
-    DROPPED = {
-        "not_finite": "boxes with NaN or infinite coordinates",
-        "empty": "boxes of zero, negative or one-pixel width or height",
-        "outside": "boxes entirely outside their image",
-        "unknown_image": "annotations of an image id not in the file's images",
-    }
 
     def __init__(self, source):
         self.source = str(source)
@@ -234,7 +240,7 @@ class BoxReport:
         lines = [f"{self.source}: {self.images} image(s), {self.kept} box(es) kept"
                  + (f", {self.clipped} of them clipped to their image" if self.clipped else "")]
         for reason, count in sorted(self.counts.items()):
-            lines.append(f"  dropped {count} {self.DROPPED[reason]} (e.g. {', '.join(map(str, self.examples[reason]))})")
+            lines.append(f"  dropped {count} {DROP_REASONS[reason]} (e.g. {', '.join(map(str, self.examples[reason]))})")
         return "\n".join(lines)
 
     def finish(self) -> None:
@@ -294,7 +300,7 @@ def _read_index(annotation_file) -> dict:
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read the annotation file {annotation_file}: {error}") from None
     if not isinstance(index, dict) or not isinstance(index.get("images"), list):
-        raise ValueError(f"{annotation_file} is not a COCO-style index: it needs an 'images' list")
+        raise TypeError(f"{annotation_file} is not a COCO-style index: it needs an 'images' list")
     return index
 
 

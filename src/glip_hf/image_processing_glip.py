@@ -25,13 +25,17 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 from transformers.image_processing_backends import BaseImageProcessorFast, PilBackend
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import (
-    IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ChannelDimension, PILImageResampling, infer_channel_dimension_format,
-    load_image, to_numpy_array,
-)
 from transformers.image_transforms import to_pil_image
+from transformers.image_utils import (
+    IMAGENET_DEFAULT_MEAN,
+    IMAGENET_DEFAULT_STD,
+    ChannelDimension,
+    PILImageResampling,
+    infer_channel_dimension_format,
+    load_image,
+    to_numpy_array,
+)
 from transformers.processing_utils import ImagesKwargs, Unpack
-
 
 __all__ = ["GlipImageProcessor", "GlipImageProcessorFast", "get_resize_output_size", "to_rgb_pil_image"]
 
