@@ -65,8 +65,12 @@ def glip_tiny(device: str):
 
 def grounding_dino_tiny(device: str):
     """transformers' Grounding DINO with the Grounding DINO-T architecture (Swin-T, BERT-base), random weights."""
-    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor
-    from transformers import GroundingDinoProcessor
+    from transformers import (
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+    )
 
     from glip_hf.processing_glip import load_tokenizer
 

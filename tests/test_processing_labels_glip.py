@@ -54,18 +54,18 @@ def test_annotations_without_resize_keep_the_boxes(processor):
     assert batch["image_sizes"].tolist() == [[80, 100]] and batch["pixel_values"].shape[-2:] == (96, 128)
 
 
-@pytest.mark.parametrize(("text", "annotations", "message"), [
-    (["a cat", "a dog"], [{"boxes": [], "spans": []}], "one annotation per image"),
-    ("a cat", {"boxes": [[0, 0, 5, 5]], "spans": []}, "1 box"),
-    ("a cat", {"boxes": [[0, 0, 5, 5]], "spans": [[[2, 9]]]}, "outside the caption"),
-    ("a cat", {"boxes": [[0, 0, 5, float("nan")]], "spans": [[[2, 5]]]}, "finite"),
-    ("a cat", {"boxes": [[0, 0, 5, 5]]}, "'boxes' and 'spans'"),
-    (["cat", "dog"], {"boxes": [[0, 0, 5, 5]], "spans": [[[0, 3]]]}, "caption string"),
+@pytest.mark.parametrize(("text", "annotations", "error", "message"), [
+    (["a cat", "a dog"], [{"boxes": [], "spans": []}], ValueError, "one annotation per image"),
+    ("a cat", {"boxes": [[0, 0, 5, 5]], "spans": []}, ValueError, "1 box"),
+    ("a cat", {"boxes": [[0, 0, 5, 5]], "spans": [[[2, 9]]]}, ValueError, "outside the caption"),
+    ("a cat", {"boxes": [[0, 0, 5, float("nan")]], "spans": [[[2, 5]]]}, ValueError, "finite"),
+    ("a cat", {"boxes": [[0, 0, 5, 5]]}, TypeError, "'boxes' and 'spans'"),
+    (["cat", "dog"], {"boxes": [[0, 0, 5, 5]], "spans": [[[0, 3]]]}, TypeError, "caption string"),
 ])
-def test_bad_annotations_are_refused(processor, text, annotations, message):
+def test_bad_annotations_are_refused(processor, text, annotations, error, message):
     images = Image.new("RGB", (20, 20)) if isinstance(text, str) or text == ["cat", "dog"] else [
         Image.new("RGB", (20, 20))] * 2
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(error, match=message):
         processor(images=images, text=text, annotations=annotations)
 
 
@@ -118,9 +118,9 @@ def test_post_processing_settings_live_on_the_processor(tokenizer, tmp_path):
     loaded = GlipProcessor.from_pretrained(tmp_path)
     assert (loaded.candidate_threshold, loaded.pre_nms_top_n, loaded.nms_threshold, loaded.detections_per_image) == (
         0.3, 50, 0.5, 7)
-    for settings, message in [(dict(candidate_threshold=1.5), "candidate_threshold"),
-                              (dict(nms_threshold=-0.1), "nms_threshold"),
-                              (dict(pre_nms_top_n=0), "pre_nms_top_n"),
-                              (dict(detections_per_image=2.5), "detections_per_image")]:
+    for settings, message in [({"candidate_threshold": 1.5}, "candidate_threshold"),
+                              ({"nms_threshold": -0.1}, "nms_threshold"),
+                              ({"pre_nms_top_n": 0}, "pre_nms_top_n"),
+                              ({"detections_per_image": 2.5}, "detections_per_image")]:
         with pytest.raises(ValueError, match=message):
             GlipProcessor(GlipImageProcessor(), tokenizer, **settings)

@@ -16,8 +16,15 @@ import torch
 from transformers import AutoTokenizer, BatchFeature, BertTokenizerFast, ProcessorMixin
 
 from .postprocessing_glip import (
-    DEFAULT_CANDIDATE_THRESHOLD, DEFAULT_DETECTIONS_PER_IMAGE, DEFAULT_NMS_THRESHOLD, DEFAULT_PRE_NMS_TOP_N,
-    check_finite_outputs, check_post_process_settings, check_probability, phrase_scores, post_process_grounding,
+    DEFAULT_CANDIDATE_THRESHOLD,
+    DEFAULT_DETECTIONS_PER_IMAGE,
+    DEFAULT_NMS_THRESHOLD,
+    DEFAULT_PRE_NMS_TOP_N,
+    check_finite_outputs,
+    check_post_process_settings,
+    check_probability,
+    phrase_scores,
+    post_process_grounding,
 )
 
 DETECTION_SEPARATOR = ". "
@@ -450,10 +457,10 @@ def _check_annotations(annotations, texts, images):
     for index, (annotation, caption) in enumerate(zip(annotations, texts)):
         where = f"annotations[{index}]"
         if not isinstance(caption, str):
-            raise ValueError(f"{where} needs a caption string as the image's text (its spans index into it), "
+            raise TypeError(f"{where} needs a caption string as the image's text (its spans index into it), "
                              f"got {type(caption).__name__}")
         if not isinstance(annotation, dict) or not {"boxes", "spans"} <= set(annotation):
-            raise ValueError(f"{where} must be a dict with 'boxes' and 'spans', got {annotation!r:.120}")
+            raise TypeError(f"{where} must be a dict with 'boxes' and 'spans', got {annotation!r:.120}")
         try:
             boxes = torch.as_tensor(annotation["boxes"], dtype=torch.float32).reshape(-1, 4)
         except (TypeError, ValueError, RuntimeError) as error:
@@ -495,5 +502,12 @@ def _is_flat_names(text) -> bool:
     return isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)
 
 
-__all__ = ["GlipProcessor", "load_tokenizer", "build_detection_prompt", "clean_class_name", "find_phrase_spans",
-           "resize_boxes", "spans_to_token_map"]
+__all__ = [
+    "GlipProcessor",
+    "build_detection_prompt",
+    "clean_class_name",
+    "find_phrase_spans",
+    "load_tokenizer",
+    "resize_boxes",
+    "spans_to_token_map",
+]

@@ -183,6 +183,11 @@ def make_coco_compute_metrics(coco_gt, label_to_category):
 
 
 __all__ = [
-    "EmaCallback", "GlipTrainer", "LINEAR_PROBE_PARAMETERS", "TRANSFER_MODES",
-    "make_coco_compute_metrics", "parameter_groups", "set_transfer_mode",
+    "LINEAR_PROBE_PARAMETERS",
+    "TRANSFER_MODES",
+    "EmaCallback",
+    "GlipTrainer",
+    "make_coco_compute_metrics",
+    "parameter_groups",
+    "set_transfer_mode",
 ]
