@@ -43,7 +43,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def glip_call(model, processor, images, device, bf16):
     def run():
         inputs = processor(images=images, text=[COCO_NAMES] * len(images), device=device)
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        inputs = inputs.to(device)
         with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
             outputs = model(**inputs)
         return processor.post_process_grounded_object_detection(outputs, inputs, threshold=0.0)
@@ -113,7 +113,7 @@ def glip_flops_per_image(model, processor, image, device) -> float:
     hooks = [m.register_forward_hook(count_deformable) for m in model.modules() if isinstance(m, ModulatedDeformConv2d)]
     count_cpu_attention()
     inputs = processor(images=[image], text=[COCO_NAMES], device=device)
-    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    inputs = inputs.to(device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(**inputs)
     for hook in hooks:

@@ -35,10 +35,6 @@ NOUNS = ["cup", "chair", "table", "lamp", "door", "window", "bottle", "bag", "sh
 NAMES = [f"{a} {n}" for a, n in itertools.product(ADJECTIVES, NOUNS)][:1203]
 
 
-def to_device(inputs, device):
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-
-
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -75,7 +71,7 @@ def main(argv=None) -> dict:
 
     def baseline():
         for chunk in chunks:
-            inputs = to_device(processor(images=image, text=chunk, device=args.device), args.device)
+            inputs = processor(images=image, text=chunk, device=args.device).to(args.device)
             with torch.no_grad(), torch.autocast(**autocast):
                 model(**inputs)
 

@@ -53,19 +53,24 @@ def measured_bf16_matmul_tflops(device: str, size: int = 8192, repeats: int = 10
 
 
 def glip_tiny(device: str):
-    """GLIP-T (C) architecture with random weights, and its processor with the bundled bert-base vocabulary."""
-    from glip_hf import GlipConfig, GlipForGrounding, GlipImageProcessor, GlipProcessor
+    """GLIP-T (C) architecture with random weights, and its processor with the bundled bert-base vocabulary (the
+    torchvision-backend image processor: the benchmarks preprocess on the model's device)."""
+    from glip_hf import GlipConfig, GlipForGrounding, GlipImageProcessorFast, GlipProcessor
     from glip_hf.processing_glip import load_tokenizer
 
     torch.manual_seed(0)
     model = GlipForGrounding(GlipConfig.from_preset("glip-t-c")).to(device).eval()
-    return model, GlipProcessor(GlipImageProcessor(), load_tokenizer())
+    return model, GlipProcessor(GlipImageProcessorFast(), load_tokenizer())
 
 
 def grounding_dino_tiny(device: str):
     """transformers' Grounding DINO with the Grounding DINO-T architecture (Swin-T, BERT-base), random weights."""
-    from transformers import GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoImageProcessor
-    from transformers import GroundingDinoProcessor
+    from transformers import (
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoImageProcessor,
+        GroundingDinoProcessor,
+    )
 
     from glip_hf.processing_glip import load_tokenizer
 

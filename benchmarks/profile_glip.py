@@ -82,7 +82,7 @@ def stage_table(model, processor, images, autocast) -> dict:
     device = autocast["device_type"]
     timer = StageTimer(watched_modules(model), device)
     inputs = processor(images=images, text=[COCO_NAMES] * len(images), device=device)
-    inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    inputs = inputs.to(device)
     with torch.no_grad(), torch.autocast(**autocast):
         outputs = model(**inputs)
     timer.remove()
@@ -137,7 +137,7 @@ def kernel_table(model, processor, images, autocast, row_limit: int = 30) -> str
     from torch.profiler import ProfilerActivity, profile
 
     inputs = processor(images=images, text=[COCO_NAMES] * len(images), device="cuda")
-    inputs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    inputs = inputs.to("cuda")
     with torch.no_grad(), torch.autocast(**autocast):
         model(**inputs)
         torch.cuda.synchronize()

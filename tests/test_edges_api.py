@@ -181,14 +181,13 @@ def test_low_level_post_processing_checks_its_thresholds_too():
     ("anchor_strides", [4, 8, 16, 32, 64], ValueError),
     ("anchor_strides", [0, 16, 32, 64, 128], ValueError),
     ("anchor_strides", [8, 16, 32, 64, 100], ValueError),
-    ("nms_threshold", 5, ValueError),
     ("fusion_attention_dropout", 2.0, ValueError),
     ("fpn_channels", -32, ValueError),
     ("fusion_num_heads", 0, ValueError),
     ("group_norm_num_groups", 0, ValueError),
     ("num_dyhead_layers", 2.5, TypeError),
     ("prior_prob", 0.0, ValueError),
-    ("pre_nms_score_threshold", math.nan, ValueError),
+    ("focal_gamma", math.nan, ValueError),
     ("max_prompts_per_pass", 0, ValueError),
     ("box_coder_weights", [10.0, 10.0, 5.0], ValueError),
 ])
@@ -208,7 +207,7 @@ def test_an_unknown_backbone_model_type_is_named():
 def test_valid_configs_still_load(tmp_path):
     for preset in ("glip-t", "glip-t-a", "glip-l"):
         GlipConfig.from_preset(preset)
-    config = tiny_config(fusion_attention_dropout=0, nms_threshold=1)  # ints where floats are expected
+    config = tiny_config(fusion_attention_dropout=0, focal_gamma=2)  # ints where floats are expected
     config.save_pretrained(tmp_path)
     assert GlipConfig.from_pretrained(tmp_path).to_dict() == config.to_dict()
 

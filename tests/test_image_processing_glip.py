@@ -11,7 +11,7 @@ import torch
 from conftest import require_reference
 from PIL import Image
 
-from glip_hf.image_processing_glip import GlipImageProcessor, get_resize_output_size
+from glip_hf.image_processing_glip import GlipImageProcessor, GlipImageProcessorFast, get_resize_output_size
 
 
 SMALL = {"shortest_edge": 48, "longest_edge": 80}
@@ -179,6 +179,15 @@ def test_grey_input_kinds_agree():
     assert torch.equal(white["pixel_values"], torch.ones(1, 3, 48, 48))
 
 
+def test_ambiguous_shapes_follow_the_type_convention():
+    def original_size(image):
+        return process(image, do_resize=False)["original_sizes"].tolist()
+
+    assert original_size(torch.zeros(2, 8, dtype=torch.uint8)) == [[2, 8]]  # 2-D is (H, W) whatever its size
+    assert original_size(np.zeros((3, 5, 3), dtype=np.uint8)) == [[3, 5]]  # numpy: channels last
+    assert original_size(torch.zeros(3, 5, 3, dtype=torch.uint8)) == [[5, 3]]  # torch: channels first
+
+
 def test_palette_image_matches_its_rgb_conversion():
     palette = Image.fromarray(random_rgb()).convert("P")
     assert palette.mode == "P"
@@ -260,20 +269,36 @@ def test_save_and_load_round_trip(tmp_path):
     assert loaded(image)["pixel_values"].shape == (1, 3, 320, 448)
 
 
-def test_device_path_matches_the_pil_path():
-    """`device=` preprocesses with torch where the images lie: identical without a resize, one grey level with."""
-    processor = GlipImageProcessor()
+def test_fast_processor_matches_the_pil_one():
+    """The torchvision backend runs where the images lie: identical without a resize, one grey level with."""
+    processor, fast_processor = GlipImageProcessor(), GlipImageProcessorFast()
     rng = np.random.default_rng(0)
     base = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
     for height, width in [(800, 1333), (480, 640)]:
         image = base.resize((width, height), Image.BILINEAR)
         tensor = torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy())
         exact = processor([image, image])
-        fast = processor([tensor, image], device="cpu")
+        fast = fast_processor([tensor, image], device="cpu")
         for key in ("pixel_mask", "image_sizes", "original_sizes"):
             assert torch.equal(fast[key].cpu(), exact[key]), key
         levels = (fast["pixel_values"] - exact["pixel_values"]) * torch.tensor(processor.image_std).view(1, 3, 1, 1)
         tolerance = 1e-5 if (height, width) == (800, 1333) else 1.01 / 255
         assert levels.abs().max() <= tolerance, (height, width, float(levels.abs().max()))
+    assert fast_processor(tensor)["pixel_values"].device == tensor.device
     with pytest.raises(ValueError, match="empty image"):
-        processor(torch.zeros(3, 0, 5, dtype=torch.uint8), device="cpu")
+        fast_processor(torch.zeros(3, 0, 5, dtype=torch.uint8), device="cpu")
+    with pytest.raises(ValueError, match="needs GlipImageProcessorFast"):
+        processor(image, device="cpu")
+    with pytest.raises(ValueError, match="bilinear or bicubic"):
+        GlipImageProcessorFast(resample=Image.NEAREST)(image)
+
+
+def test_fast_processor_saves_and_loads_with_the_same_settings(tmp_path):
+    fast = GlipImageProcessorFast(size={"shortest_edge": 300, "longest_edge": 512}, size_divisibility=64)
+    fast.save_pretrained(tmp_path)
+    loaded = GlipImageProcessorFast.from_pretrained(tmp_path)
+    image = random_rgb(50, 70)
+    assert_same_output(loaded(image), fast(image))
+    # The same settings through the PIL backend: the same shapes, pixels within one grey level.
+    exact = GlipImageProcessor.from_pretrained(tmp_path)
+    assert exact(image)["pixel_values"].shape == loaded(image)["pixel_values"].shape == (1, 3, 320, 448)

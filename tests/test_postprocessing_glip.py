@@ -65,10 +65,10 @@ def _single_level_case(probability, centerness_logit, box):
 
 def test_threshold_applies_before_centerness_and_score_is_the_geometric_mean():
     scores, centerness, boxes, shapes = _single_level_case(0.06, -3.0, [10.0, 10.0, 20.0, 20.0])
-    (result,) = post_process_grounding(scores, centerness, boxes, shapes, torch.tensor([[100, 100]]), threshold=0.05)
+    (result,) = post_process_grounding(scores, centerness, boxes, shapes, torch.tensor([[100, 100]]), candidate_threshold=0.05)
     expected = (0.06 * torch.sigmoid(torch.tensor(-3.0))).sqrt()
     assert len(result["scores"]) == 1 and torch.isclose(result["scores"][0], expected)
-    (nothing,) = post_process_grounding(scores, centerness, boxes, shapes, torch.tensor([[100, 100]]), threshold=0.07)
+    (nothing,) = post_process_grounding(scores, centerness, boxes, shapes, torch.tensor([[100, 100]]), candidate_threshold=0.07)
     assert nothing["scores"].shape == (0,) and nothing["boxes"].shape == (0, 4) and nothing["labels"].shape == (0,)
 
 

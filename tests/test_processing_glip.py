@@ -20,7 +20,9 @@ from transformers import (
     pipeline,
 )
 
-from glip_hf import GlipConfig, GlipForGrounding, GlipImageProcessor, GlipModel, GlipProcessor
+from glip_hf import (
+    GlipConfig, GlipForGrounding, GlipImageProcessor, GlipImageProcessorFast, GlipModel, GlipProcessor,
+)
 from glip_hf.postprocessing_glip import phrase_scores, post_process_grounding
 
 DET_NAMES = ["person", "helmet", "flag", "space_shuttle", "name tag"]
@@ -175,7 +177,14 @@ def test_auto_classes_resolve_glip(converted_reference_dir):
     assert isinstance(AutoModel.from_pretrained(converted_reference_dir), GlipModel)
     assert isinstance(AutoModelForZeroShotObjectDetection.from_pretrained(converted_reference_dir), GlipForGrounding)
     assert isinstance(AutoProcessor.from_pretrained(converted_reference_dir), GlipProcessor)
-    assert isinstance(AutoImageProcessor.from_pretrained(converted_reference_dir), GlipImageProcessor)
+    # Each backend has its class; the processor keeps the bit-exact PIL one unless another backend is asked for.
+    exact = AutoImageProcessor.from_pretrained(converted_reference_dir, backend="pil")
+    fast = AutoImageProcessor.from_pretrained(converted_reference_dir, backend="torchvision")
+    assert type(exact) is GlipImageProcessor and type(fast) is GlipImageProcessorFast
+    assert dict(fast.size) == dict(exact.size) and fast.size_divisibility == exact.size_divisibility
+    assert type(AutoProcessor.from_pretrained(converted_reference_dir).image_processor) is GlipImageProcessor
+    loaded = AutoProcessor.from_pretrained(converted_reference_dir, backend="torchvision")
+    assert type(loaded.image_processor) is GlipImageProcessorFast
 
 
 REMOTE_CODE_SCRIPT = """

@@ -4,7 +4,7 @@ Importing the package registers GLIP with transformers' Auto classes and the zer
 """
 
 from .configuration_glip import PRESETS, GlipConfig
-from .image_processing_glip import GlipImageProcessor
+from .image_processing_glip import GlipImageProcessor, GlipImageProcessorFast
 from .modeling_glip import (
     GlipForGrounding,
     GlipGroundingOutput,
@@ -25,6 +25,7 @@ __all__ = [
     "GlipForGrounding",
     "GlipGroundingOutput",
     "GlipImageProcessor",
+    "GlipImageProcessorFast",
     "GlipModel",
     "GlipModelOutput",
     "GlipPreTrainedModel",

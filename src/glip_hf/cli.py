@@ -216,7 +216,7 @@ def _detect_one(model, processor, image, args) -> list[dict]:
 
     inputs = processor(images=image, text=args.prompt)
     with torch.no_grad():
-        outputs = model(**{k: v.to(args.device) if hasattr(v, "to") else v for k, v in inputs.items()})
+        outputs = model(**inputs.to(args.device))
     result = processor.post_process_grounded_object_detection(outputs, inputs, threshold=args.threshold)[0]
     return detections_to_json(result)
 

@@ -31,14 +31,12 @@ PRESETS = {
 INT_FIELDS = {
     "fpn_channels": (1, None), "head_channels": (1, None), "num_dyhead_layers": (1, None),
     "fusion_embed_dim": (1, None), "fusion_num_heads": (1, None), "group_norm_num_groups": (1, None),
-    "anchor_scales_per_octave": (1, None), "max_text_len": (1, None), "pre_nms_top_n": (1, None),
-    "detections_per_image": (1, None), "atss_topk": (1, None),
+    "anchor_scales_per_octave": (1, None), "max_text_len": (1, None), "atss_topk": (1, None),
 }
 FLOAT_FIELDS = {
     "fusion_attention_dropout": (0.0, 1.0, True), "group_norm_eps": (0.0, None, False),
     "anchor_octave_base": (0.0, None, False), "box_coder_max_log_scale": (None, None, True),
     "prior_prob": (0.0, 1.0, False), "log_scale_init": (None, None, True),
-    "pre_nms_score_threshold": (0.0, 1.0, True), "nms_threshold": (0.0, 1.0, True),
     "focal_alpha": (0.0, 1.0, True), "focal_gamma": (0.0, None, True), "box_loss_weight": (0.0, None, True),
     "init_std": (0.0, None, True), "fusion_layer_scale_init": (None, None, True),
 }
@@ -153,7 +151,6 @@ class GlipConfig(PreTrainedConfig):
         max_text_len (`int`): longest caption, in tokens, the model accepts.
         prior_prob (`float`): prior of the token logits' bias at initialisation.
         log_scale_init (`float`): initial log temperature of the dot-product logits.
-        pre_nms_score_threshold, pre_nms_top_n, nms_threshold, detections_per_image: inference settings.
         atss_topk, focal_alpha, focal_gamma, box_loss_weight: training settings (ATSS and losses).
         prompt_tuning (`bool`): add learnable prompt embeddings (max_text_len x text dim, zero at start) to the text
             tower's output, as the original's `ADD_LINEAR_LAYER` ("prompt tuning" of the GLIP paper).
@@ -208,10 +205,6 @@ class GlipConfig(PreTrainedConfig):
     max_text_len: int = 256
     prior_prob: float = 0.01
     log_scale_init: float = 0.0
-    pre_nms_score_threshold: float = 0.05
-    pre_nms_top_n: int = 1000
-    nms_threshold: float = 0.6
-    detections_per_image: int = 100
     atss_topk: int = 9
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0

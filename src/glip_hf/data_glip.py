@@ -23,7 +23,7 @@ the token limit. Randomness comes from a per-image `random.Random` derived from 
 conversion is reproducible and independent of iteration order or sharding; vary `seed` per epoch for fresh negatives.
 
 `GlipTrainTransform` is the original's train transform (random shortest edge, resize, horizontal flip) on PIL images
-and boxes; `GlipDataCollator` turns a list of rows into the model's inputs and `labels` (see `loss_glip`).
+and boxes; `GlipDataCollator` reads rows, applies it, and has `GlipProcessor` build the model's inputs and `labels`.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from .processing_glip import (
     clean_class_name,
     find_phrase_spans,
     load_tokenizer,
-    spans_to_token_map,
+    resize_boxes,
 )
 
 try:
@@ -93,15 +93,6 @@ def xywh_to_inclusive_xyxy(boxes) -> torch.Tensor:
     boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).clone()
     boxes[:, 2:] += boxes[:, :2] - PIXEL_INCLUSIVE
     return boxes
-
-
-def resize_boxes(boxes: torch.Tensor, old_size: tuple[int, int], new_size: tuple[int, int]) -> torch.Tensor:
-    """Scale boxes from an image of (width, height) `old_size` to `new_size`, exactly as `BoxList.resize`."""
-    ratio_w, ratio_h = (float(new) / float(old) for new, old in zip(new_size, old_size))
-    if ratio_w == ratio_h:  # the original multiplies by one scalar in this case
-        return boxes * ratio_w
-    return torch.cat((boxes[:, 0:1] * ratio_w, boxes[:, 1:2] * ratio_h, boxes[:, 2:3] * ratio_w,
-                      boxes[:, 3:4] * ratio_h), dim=-1)
 
 
 def flip_boxes(boxes: torch.Tensor, width: int) -> torch.Tensor:
@@ -510,67 +501,48 @@ def load_example_image(image) -> Image.Image:
     return to_rgb_pil_image(image)
 
 
-def _size_entry(size, key):
-    return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-
-
 class GlipDataCollator:
-    """Batch schema rows into model inputs: `pixel_values`, `pixel_mask`, `input_ids`, `attention_mask`, `labels`.
+    """Schema rows -> `GlipProcessor` batches: the model's inputs and `labels`, plus `image_ids`.
 
-    `labels` holds per image {"boxes": (n, 4) float32 xyxy in pixels of the resized input, "token_map": (n, T)
-    float32 0/1 tokens of each box's phrase}; `image_sizes` (resized h, w), `original_sizes` (h, w) and `image_ids`
-    serve evaluation. Boxes are clipped to the image first (the original's `clip_to_image(remove_empty=True)`);
-    empty ones are dropped with their rows. `train=True` applies `transform` (default `GlipTrainTransform()`);
-    `train=False` applies the image processor's test-time resize (no flip) and ignores `transform`.
+    Each row's image is read as stored (`load_example_image`) and its boxes clipped to it, empty ones dropped with
+    their spans (the original's `clip_to_image(remove_empty=True)`). `train=True` then applies `transform` (default
+    `GlipTrainTransform()`: random resize and flip) and the processor only normalises and pads; `train=False`
+    leaves the test-time resize to the processor, which scales the boxes with the image.
+
+    `class_names` (evaluation as COCO / ODinW do it): every image gets one prompt with these names (chunked when
+    long), or one caption (a string) whose classes are the `phrases` spans (ODinW's caption prompts), instead of its
+    row's caption, and no `labels`; rows then need only `image` and `image_id`.
     """
 
-    def __init__(self, processor, transform=None, train: bool = True):
+    def __init__(self, processor, transform=None, train: bool = True, class_names: list[str] | str | None = None,
+                 phrases=None):
         self.processor = processor
         self.train = train
-        if train:
-            self.transform = transform if transform is not None else GlipTrainTransform()
-        else:
-            size = processor.image_processor.size
-            self.transform = GlipTrainTransform((_size_entry(size, "shortest_edge"),),
-                                                _size_entry(size, "longest_edge"), flip_prob=0.0, seed=0)
+        self.transform = (transform if transform is not None else GlipTrainTransform()) if train else None
+        self.class_names = class_names if class_names is None or isinstance(class_names, str) else list(class_names)
+        self.phrases = phrases
 
-    def _prepare(self, example):
+    def _prepare(self, example) -> tuple[Image.Image, dict]:
         image = load_example_image(example["image"])
-        width, height = image.size
-        boxes, keep = clip_boxes_inclusive(example["boxes"], width, height)
-        spans = [spans for spans, k in zip(example["spans"], keep.tolist()) if k]
-        image, boxes = self.transform(image, boxes[keep])
-        return image, boxes, spans, (height, width)
+        if self.class_names is not None:
+            return image, None
+        boxes, keep = clip_boxes_inclusive(example["boxes"], *image.size)
+        spans = [spans for spans, kept in zip(example["spans"], keep.tolist()) if kept]
+        boxes = boxes[keep]
+        if self.transform is not None:
+            image, boxes = self.transform(image, boxes)
+        return image, {"boxes": boxes, "spans": spans}
 
-    def _tokenize(self, captions):
-        encoding = self.processor.tokenizer(captions, padding="longest", return_token_type_ids=False,
-                                            return_tensors="pt")
-        limit = self.processor.max_text_len
-        if encoding["input_ids"].shape[1] > limit:
-            lengths = encoding["attention_mask"].sum(1).tolist()
-            longest = max(range(len(captions)), key=lengths.__getitem__)
-            raise ValueError(f"Caption {captions[longest]!r} has {lengths[longest]} tokens, more than "
-                             f"max_text_len={limit}; convert detection data with a smaller max_text_len")
-        return encoding
-
-    def __call__(self, examples: list[dict]) -> dict:
-        images, labels, original_sizes = [], [], []
-        captions = [example["caption"] for example in examples]
-        encoding = self._tokenize(captions)
-        length = encoding["input_ids"].shape[1]
-        for index, example in enumerate(examples):
-            image, boxes, spans, original_size = self._prepare(example)
-            token_map = spans_to_token_map(encoding[index], spans, length, captions[index])
-            images.append(image)
-            original_sizes.append(original_size)
-            labels.append({"boxes": boxes.to(torch.float32).reshape(-1, 4), "token_map": token_map.float()})
-        pixels = self.processor.image_processor(images, do_resize=False, return_tensors="pt")
-        return {
-            "pixel_values": pixels["pixel_values"], "pixel_mask": pixels["pixel_mask"],
-            "input_ids": encoding["input_ids"], "attention_mask": encoding["attention_mask"], "labels": labels,
-            "image_sizes": pixels["image_sizes"], "original_sizes": torch.tensor(original_sizes, dtype=torch.long),
-            "image_ids": torch.tensor([int(example["image_id"]) for example in examples], dtype=torch.long),
-        }
+    def __call__(self, examples: list[dict]):
+        images, annotations = zip(*(self._prepare(example) for example in examples))
+        if self.class_names is not None:
+            phrases = None if self.phrases is None else [self.phrases] * len(images)
+            batch = self.processor(images=list(images), text=[self.class_names] * len(images), phrases=phrases)
+        else:
+            batch = self.processor(images=list(images), text=[example["caption"] for example in examples],
+                                   annotations=list(annotations), do_resize=not self.train)
+        batch["image_ids"] = torch.tensor([int(example["image_id"]) for example in examples], dtype=torch.long)
+        return batch
 
 
 __all__ = [

@@ -212,7 +212,8 @@ def program_to_onnx(program, path, kind: str = "detector", opset: int = DEFAULT_
 
 
 def post_process_exported(logits, pred_boxes, centerness, token_maps, image_sizes, input_size, target_sizes=None,
-                          anchor_strides=(8, 16, 32, 64, 128), threshold: float = 0.05, **kwargs) -> list[dict]:
+                          anchor_strides=(8, 16, 32, 64, 128), candidate_threshold: float = 0.05,
+                          **kwargs) -> list[dict]:
     """Detections from an exported graph's outputs (numpy arrays or tensors), without the PyTorch model.
 
     token_maps (B, P, T) and image_sizes (B, 2) are the processor's `token_maps` and `image_sizes`, input_size the
@@ -225,7 +226,7 @@ def post_process_exported(logits, pred_boxes, centerness, token_maps, image_size
         raise ValueError(f"the outputs have {logits.shape[1]} anchors, not those of a {tuple(input_size)} input")
     scores = phrase_scores(logits, torch.as_tensor(token_maps))
     return post_process_grounding(scores, centerness, pred_boxes, spatial_shapes, torch.as_tensor(image_sizes),
-                                  target_sizes, threshold=threshold, **kwargs)
+                                  target_sizes, candidate_threshold=candidate_threshold, **kwargs)
 
 
 def level_shapes(height: int, width: int, strides=(8, 16, 32, 64, 128)) -> torch.Tensor:

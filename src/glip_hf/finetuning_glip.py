@@ -29,7 +29,6 @@ from .modeling_glip import GlipForGrounding
 from .processing_glip import GlipProcessor
 from .training_glip import (
     TRANSFER_MODES,
-    GlipDetectionEvalCollator,
     GlipTrainer,
     make_detection_compute_metrics,
     set_transfer_mode,
@@ -100,7 +99,7 @@ def evaluation_setup(data: DataArguments, processor):
     if data.odinw_dataset:
         text, phrases, ids = detection_prompt(find_odinw_dataset(data.odinw_dataset), coco.dataset,
                                               processor.separator)
-    collator = GlipDetectionEvalCollator(processor, text, phrases)
+    collator = GlipDataCollator(processor, train=False, class_names=text, phrases=phrases)
     metric = data.eval_metric
     if metric == "auto":
         metric = "lvis-fixed" if "neg_category_ids" in (coco.dataset["images"] or [{}])[0] else "coco"
@@ -134,17 +133,6 @@ def _build_or_explain(build, *args):
         raise FinetuneInputError(str(cause)) from None
 
 
-class _RoutingCollator:
-    """Trainer takes one collator: training batches go to `train`, evaluation batches (which carry no boxes'
-    phrases, only images) to `evaluate`."""
-
-    def __init__(self, train, evaluate):
-        self.train, self.evaluate = train, evaluate
-
-    def __call__(self, examples):
-        return self.evaluate(examples) if examples and examples[0].get("_evaluation") else self.train(examples)
-
-
 def run_finetune(model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments) -> dict:
     """Train (and evaluate before and after, with eval annotations), save, and return the metrics: `before`,
     `train`, `after`, `log_history`, `world_size`. Without a GPU give `TrainingArguments(use_cpu=True)`."""
@@ -162,11 +150,10 @@ def run_finetune(model_args: ModelArguments, data_args: DataArguments, training_
     eval_dataset, eval_collator, compute_metrics = None, None, None
     if data_args.eval_annotations:
         eval_dataset, eval_collator, compute_metrics = _build_or_explain(evaluation_setup, data_args, processor)
-        eval_dataset = eval_dataset.map(lambda row: {"_evaluation": True})
 
     trainer = GlipTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        data_collator=_RoutingCollator(train_collator, eval_collator), processing_class=processor,
+        data_collator=train_collator, eval_data_collator=eval_collator, processing_class=processor,
         compute_metrics=compute_metrics, text_learning_rate=model_args.text_learning_rate,
         ema_decay=model_args.ema_decay,
     )

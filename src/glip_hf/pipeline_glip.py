@@ -8,6 +8,7 @@ detection prompt from all candidate labels (chunked when long), runs the model o
 
 from __future__ import annotations
 
+from transformers import BatchFeature
 from transformers.image_utils import load_image
 from transformers.pipelines.zero_shot_object_detection import ZeroShotObjectDetectionPipeline
 
@@ -42,7 +43,8 @@ class GlipZeroShotObjectDetectionPipeline(ZeroShotObjectDetectionPipeline):
         if "glip_inputs" not in model_inputs:
             return super()._forward(model_inputs)
         inputs = model_inputs.pop("glip_inputs")
-        outputs = self.model(**inputs.to(self.device))
+        # A copy moves to the device; `inputs` stays where post-processing reads it.
+        outputs = self.model(**BatchFeature(dict(inputs)).to(self.device))
         return {"is_last": model_inputs["is_last"], "glip_inputs": inputs, "glip_outputs": outputs}
 
     def postprocess(self, model_outputs, threshold=0.1, top_k=None):

@@ -1,7 +1,7 @@
 """Post-processing of GLIP outputs into detections, with the original ATSS post-processor's semantics.
 
 Per level: phrase score = mean of the token sigmoids over the phrase's tokens; candidates are scores above the
-threshold (tested before centerness); the top `pre_nms_top_n` by score x sigmoid(centerness) are kept; their final
+candidate threshold (tested before centerness); the top `pre_nms_top_n` by score x sigmoid(centerness) are kept; their final
 score is sqrt(score x sigmoid(centerness)). Boxes are clipped to the resized image, then class-aware NMS with the
 +1 IoU convention runs over all levels, and the best `detections_per_image` are kept (ties at the cut kept, as the
 original). Everything is batched on the device; the only Python loops run over the 5 levels and over images.
@@ -17,6 +17,13 @@ from torchvision.ops import nms
 
 from .box_ops_glip import PIXEL_INCLUSIVE, shift_inclusive
 
+# The original ATSS post-processor's settings (MODEL.ATSS INFERENCE_TH, PRE_NMS_TOP_N, NMS_TH, DETECTIONS_PER_IMG):
+# the defaults of `GlipProcessor`, whose saved settings the converter takes from the checkpoint's YAML.
+DEFAULT_CANDIDATE_THRESHOLD = 0.05
+DEFAULT_PRE_NMS_TOP_N = 1000
+DEFAULT_NMS_THRESHOLD = 0.6
+DEFAULT_DETECTIONS_PER_IMAGE = 100
+
 
 def check_probability(value, name: str) -> float:
     """`value` if it is a finite number in [0, 1]; else a `TypeError` / `ValueError` naming it."""
@@ -25,6 +32,17 @@ def check_probability(value, name: str) -> float:
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{name} must be a number in [0, 1], got {value}")
     return float(value)
+
+
+def check_post_process_settings(candidate_threshold, pre_nms_top_n, nms_threshold, detections_per_image) -> None:
+    """Thresholds in [0, 1] and positive counts; a `TypeError` / `ValueError` naming the setting otherwise."""
+    check_probability(candidate_threshold, "candidate_threshold")
+    check_probability(nms_threshold, "nms_threshold")
+    if isinstance(pre_nms_top_n, bool) or not isinstance(pre_nms_top_n, numbers.Integral) or pre_nms_top_n < 1:
+        raise ValueError(f"pre_nms_top_n must be a positive integer, got {pre_nms_top_n!r}")
+    if (isinstance(detections_per_image, bool) or not isinstance(detections_per_image, numbers.Integral)
+            or detections_per_image < 0):
+        raise ValueError(f"detections_per_image must be a positive integer (0: no limit), got {detections_per_image!r}")
 
 
 def check_target_sizes(target_sizes, num_images: int, device) -> torch.Tensor:
@@ -146,10 +164,10 @@ def post_process_grounding(
     target_sizes: torch.Tensor | None = None,
     image_index: torch.Tensor | None = None,
     label_ids: torch.Tensor | None = None,
-    threshold: float = 0.05,
-    pre_nms_top_n: int = 1000,
-    nms_threshold: float = 0.6,
-    detections_per_image: int = 100,
+    candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD,
+    pre_nms_top_n: int = DEFAULT_PRE_NMS_TOP_N,
+    nms_threshold: float = DEFAULT_NMS_THRESHOLD,
+    detections_per_image: int = DEFAULT_DETECTIONS_PER_IMAGE,
 ) -> list[dict[str, torch.Tensor]]:
     """Turn per-anchor phrase scores into detections.
 
@@ -166,15 +184,16 @@ def post_process_grounding(
             resized image's frame.
         image_index: (R,) image of each row; default row r is image r.
         label_ids: (R, P) label of each row's phrase p within its image (-1 for padding); default p.
-        threshold: candidate threshold on the phrase score, before centerness.
+        candidate_threshold: threshold on the phrase score, before centerness, of the per-level candidates.
+        pre_nms_top_n, nms_threshold, detections_per_image: candidates kept per level, NMS IoU, detections kept
+            (0: all).
     Returns:
         Per image a dict with `scores` (N,), `labels` (N,) phrase indices, `boxes` (N, 4) absolute xyxy.
     """
     rows, _, num_phrases = phrase_probabilities.shape
     device = phrase_probabilities.device
     check_finite_outputs(scores=phrase_probabilities, centerness=centerness, boxes=pred_boxes)
-    for name, value in (("threshold", threshold), ("nms_threshold", nms_threshold)):
-        check_probability(value, name)
+    check_post_process_settings(candidate_threshold, pre_nms_top_n, nms_threshold, detections_per_image)
     image_sizes = torch.as_tensor(image_sizes, device=device)
     if target_sizes is not None:
         target_sizes = check_target_sizes(target_sizes, image_sizes.shape[0], device)
@@ -183,7 +202,7 @@ def post_process_grounding(
     if label_ids is None:
         label_ids = torch.arange(num_phrases, device=device).expand(rows, -1)
     flat_index, gated, valid = _top_candidates_per_level(
-        phrase_probabilities, centerness, spatial_shapes, threshold, pre_nms_top_n
+        phrase_probabilities, centerness, spatial_shapes, candidate_threshold, pre_nms_top_n
     )
     anchor_index, local_labels = flat_index // num_phrases, flat_index % num_phrases
     boxes = pred_boxes.gather(1, anchor_index[..., None].expand(-1, -1, 4))
@@ -210,6 +229,7 @@ def post_process_grounding(
 
 
 __all__ = [
-    "batched_nms_inclusive", "check_finite_outputs", "check_probability", "check_target_sizes", "phrase_scores",
-    "post_process_grounding",
+    "DEFAULT_CANDIDATE_THRESHOLD", "DEFAULT_DETECTIONS_PER_IMAGE", "DEFAULT_NMS_THRESHOLD", "DEFAULT_PRE_NMS_TOP_N",
+    "batched_nms_inclusive", "check_finite_outputs", "check_post_process_settings", "check_probability",
+    "check_target_sizes", "phrase_scores", "post_process_grounding",
 ]

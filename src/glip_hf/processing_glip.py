@@ -15,7 +15,17 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BatchFeature, BertTokenizerFast, ProcessorMixin
 
-from .postprocessing_glip import check_finite_outputs, check_probability, phrase_scores, post_process_grounding
+from .postprocessing_glip import (
+    DEFAULT_CANDIDATE_THRESHOLD,
+    DEFAULT_DETECTIONS_PER_IMAGE,
+    DEFAULT_NMS_THRESHOLD,
+    DEFAULT_PRE_NMS_TOP_N,
+    check_finite_outputs,
+    check_post_process_settings,
+    check_probability,
+    phrase_scores,
+    post_process_grounding,
+)
 
 DETECTION_SEPARATOR = ". "
 BUNDLED_VOCAB = Path(__file__).parent / "data" / "bert-base-uncased-vocab.txt"
@@ -158,13 +168,17 @@ class GlipProcessor(ProcessorMixin):
 
     Args:
         max_text_len: longest prompt in tokens; longer class lists are split into several rows (chunks).
-        candidate_threshold, pre_nms_top_n, nms_threshold, detections_per_image: post-processing settings, defaults
-            of the original's ATSS post-processor.
+        candidate_threshold: the original's pre-NMS threshold on the phrase score (`MODEL.ATSS.INFERENCE_TH`); the
+            final score threshold is `threshold` of `post_process_grounded_object_detection`.
+        pre_nms_top_n, nms_threshold, detections_per_image: the rest of the original's ATSS post-processing
+            settings. All four are saved with the processor; the converter sets them from the checkpoint's YAML.
     """
 
-    def __init__(self, image_processor, tokenizer, max_text_len: int = 256, candidate_threshold: float = 0.05,
-                 pre_nms_top_n: int = 1000, nms_threshold: float = 0.6, detections_per_image: int = 100,
+    def __init__(self, image_processor, tokenizer, max_text_len: int = 256,
+                 candidate_threshold: float = DEFAULT_CANDIDATE_THRESHOLD, pre_nms_top_n: int = DEFAULT_PRE_NMS_TOP_N,
+                 nms_threshold: float = DEFAULT_NMS_THRESHOLD, detections_per_image: int = DEFAULT_DETECTIONS_PER_IMAGE,
                  separator: str = DETECTION_SEPARATOR):
+        check_post_process_settings(candidate_threshold, pre_nms_top_n, nms_threshold, detections_per_image)
         super().__init__(image_processor, tokenizer)
         self.max_text_len = max_text_len
         self.separator = separator
@@ -173,10 +187,17 @@ class GlipProcessor(ProcessorMixin):
         self.nms_threshold = nms_threshold
         self.detections_per_image = detections_per_image
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As `ProcessorMixin.from_pretrained`; the image processor is the bit-exact PIL one (`GlipImageProcessor`)
+        unless `backend="torchvision"` asks for `GlipImageProcessorFast` (transformers would default to it)."""
+        kwargs.setdefault("backend", "pil")
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
     # ----- prompts -------------------------------------------------------------------------------------------------
 
     def _token_counts(self, texts: list[str]) -> list[int]:
-        # One batched tokenizer call: per-name calls cost more than the model's text tower on a GPU.
+        # One batched tokenizer call for all names: a call per name is slow for long vocabularies.
         return [len(ids) for ids in self._tokenize(texts, add_special_tokens=False)["input_ids"]]
 
     def chunk_class_names(self, class_names: list[str]) -> list[list[int]]:
@@ -278,46 +299,90 @@ class GlipProcessor(ProcessorMixin):
 
     # ----- __call__ ------------------------------------------------------------------------------------------------
 
-    def __call__(self, images=None, text=None, phrases=None, return_tensors="pt", phrase_match: str = "word",
-                 **kwargs) -> BatchFeature:
+    def __call__(self, images=None, text=None, phrases=None, annotations=None, return_tensors="pt",
+                 phrase_match: str = "word", **kwargs) -> BatchFeature:
         """Returns pixel inputs (when images are given), `input_ids`, `attention_mask`, `image_index` (image of each
         row), `token_maps` (rows, P, T), `label_ids` (rows, P; -1 = padding) and `text_labels` (phrases per image).
 
         `phrase_match`: "word" (default) grounds a string phrase only where it is not part of a longer word;
         "substring" grounds every occurrence, as the original.
+
+        `annotations` (training and evaluation with boxes): per image {"boxes": (n, 4) xyxy pixels of the given
+        image, "spans": per box a list of (start, end) character spans of its phrase in that image's caption};
+        `text` is then one caption per image. Adds `labels`: per image {"boxes": (n, 4) float32 in pixels of the
+        resized input, "token_map": (n, T) float32 0/1 tokens of each box's phrase}, what `model(labels=...)` takes.
+        Without `phrases`, the phrases scored after the model are the boxes' distinct phrases.
+
+        `device` (a torch device): the image steps run there as torch operations (`GlipImageProcessorFast`).
         """
         if text is None:
             raise ValueError("GlipProcessor needs a prompt (`text`): class names or a caption")
         if phrase_match not in PHRASE_MATCHES:
             raise ValueError(f"phrase_match must be one of {PHRASE_MATCHES}, got {phrase_match!r}")
         images, texts, phrase_lists = self._normalise_batch(images, text, phrases)
+        annotations = _check_annotations(annotations, texts, images)
         rows, text_labels, image_index = [], [], []
         for image_number, (prompt, prompt_phrases) in enumerate(zip(texts, phrase_lists)):
-            prompts, names = self._prompts_for_image(prompt, prompt_phrases, phrase_match)
+            if annotations is not None and prompt_phrases is None:
+                prompts, names = _annotated_prompt(prompt, annotations[image_number]["spans"])
+            else:
+                prompts, names = self._prompts_for_image(prompt, prompt_phrases, phrase_match)
             rows += prompts
             text_labels.append(names)
             image_index += [image_number] * len(prompts)
+        data, encoding = self._encode_rows(rows)
+        data.update(image_index=torch.tensor(image_index), text_labels=text_labels)
+        if images is not None:
+            data.update(self._image_processor_for(kwargs.get("device"))(images, return_tensors="pt", **kwargs))
+        batch = BatchFeature(data, tensor_type=return_tensors)
+        if annotations is not None:
+            # Set after the conversion: a list of per-image dicts is not one tensor.
+            batch["labels"] = self._box_labels(annotations, encoding, texts, batch)
+        return batch
+
+    def _encode_rows(self, rows: list[Prompt]):
+        """Tokens of the rows' captions (padded to the longest) with each row's phrase token maps and labels, and
+        the tokenizer's encoding (character -> token lookups)."""
         encoding = self._tokenize(
             [row.caption for row in rows], padding="longest", return_token_type_ids=False, return_tensors="pt",
         )
-        if encoding["input_ids"].shape[1] > self.max_text_len:
-            raise ValueError(
-                f"A caption has {encoding['input_ids'].shape[1]} tokens, more than max_text_len={self.max_text_len}; "
-                "shorten it or give a list of class names (split automatically)"
-            )
         length = encoding["input_ids"].shape[1]
+        if length > self.max_text_len:
+            lengths = encoding["attention_mask"].sum(1).tolist()
+            longest = max(range(len(rows)), key=lengths.__getitem__)
+            raise ValueError(
+                f"The caption {rows[longest].caption!r:.120} has {lengths[longest]} tokens, more than "
+                f"max_text_len={self.max_text_len}; shorten it or give a list of class names (split automatically)"
+            )
         max_phrases = max(len(row.spans) for row in rows)
         token_maps = torch.zeros(len(rows), max_phrases, length)
         label_ids = torch.full((len(rows), max_phrases), -1, dtype=torch.long)
         for index, row in enumerate(rows):
             token_maps[index, : len(row.spans)] = spans_to_token_map(encoding[index], row.spans, length, row.caption)
             label_ids[index, : len(row.labels)] = torch.tensor(row.labels, dtype=torch.long)
-        data = dict(encoding)
-        data.update(token_maps=token_maps, label_ids=label_ids, image_index=torch.tensor(image_index),
-                    text_labels=text_labels)
-        if images is not None:
-            data.update(self.image_processor(images, return_tensors="pt", **kwargs))
-        return BatchFeature(data, tensor_type=return_tensors)
+        return dict(encoding, token_maps=token_maps, label_ids=label_ids), encoding
+
+    def _box_labels(self, annotations, encoding, captions, batch) -> list[dict]:
+        """Per image the boxes scaled as its image was resized (`BoxList.resize`) and each box's token map."""
+        length = encoding["input_ids"].shape[1]
+        labels = []
+        for index, (annotation, caption) in enumerate(zip(annotations, captions)):
+            (old_height, old_width), (new_height, new_width) = (batch["original_sizes"][index].tolist(),
+                                                                batch["image_sizes"][index].tolist())
+            boxes = resize_boxes(annotation["boxes"], (old_width, old_height), (new_width, new_height))
+            token_map = spans_to_token_map(encoding[index], annotation["spans"], length, caption)
+            labels.append({"boxes": boxes, "token_map": token_map})
+        return labels
+
+    def _image_processor_for(self, device):
+        """The image processor, or for `device=` its torch-ops twin with the same settings."""
+        from .image_processing_glip import GlipImageProcessorFast
+
+        if device is None or isinstance(self.image_processor, GlipImageProcessorFast):
+            return self.image_processor
+        settings = {name: getattr(self.image_processor, name) for name in GlipImageProcessorFast.setting_names}
+        settings["size"] = dict(settings["size"])
+        return GlipImageProcessorFast(**settings)
 
     # ----- post-processing -----------------------------------------------------------------------------------------
 
@@ -330,11 +395,9 @@ class GlipProcessor(ProcessorMixin):
             inputs: what this processor returned for the batch (token maps, image sizes, phrase strings).
             threshold: keep detections whose final score sqrt(phrase score x centerness) exceeds it.
             target_sizes: (N, 2) (height, width) per image for the boxes; default the original image sizes.
-            candidate_threshold: the original's pre-NMS threshold on the phrase score (default from the processor).
+            candidate_threshold: overrides the processor's `candidate_threshold` for this call.
         """
         check_probability(threshold, "threshold")
-        if candidate_threshold is not None:
-            check_probability(candidate_threshold, "candidate_threshold")
         _check_same_batch(outputs, inputs)
         check_finite_outputs(logits=outputs.logits)
         scores = phrase_scores(outputs.logits, inputs["token_maps"].to(outputs.logits.device))
@@ -343,7 +406,7 @@ class GlipProcessor(ProcessorMixin):
         results = post_process_grounding(
             scores, outputs.centerness, outputs.pred_boxes, outputs.spatial_shapes, inputs["image_sizes"],
             target_sizes=target_sizes, image_index=inputs["image_index"], label_ids=inputs["label_ids"],
-            threshold=self.candidate_threshold if candidate_threshold is None else candidate_threshold,
+            candidate_threshold=self.candidate_threshold if candidate_threshold is None else candidate_threshold,
             pre_nms_top_n=self.pre_nms_top_n, nms_threshold=self.nms_threshold,
             detections_per_image=self.detections_per_image,
         )
@@ -371,6 +434,55 @@ def _check_same_batch(outputs, inputs) -> None:
         raise ValueError(f"The inputs' {images} image size(s) do not match their prompts: pass one processor output")
 
 
+def resize_boxes(boxes: torch.Tensor, old_size: tuple[int, int], new_size: tuple[int, int]) -> torch.Tensor:
+    """Scale boxes from an image of (width, height) `old_size` to `new_size`, exactly as `BoxList.resize`."""
+    ratio_w, ratio_h = (float(new) / float(old) for new, old in zip(new_size, old_size))
+    if ratio_w == ratio_h:  # the original multiplies by one scalar in this case
+        return boxes * ratio_w
+    return torch.cat((boxes[:, 0:1] * ratio_w, boxes[:, 1:2] * ratio_h, boxes[:, 2:3] * ratio_w,
+                      boxes[:, 3:4] * ratio_h), dim=-1)
+
+
+def _check_annotations(annotations, texts, images):
+    """One {"boxes", "spans"} per image with a caption; boxes as float32 (n, 4), spans inside the caption."""
+    if annotations is None:
+        return None
+    if images is None:
+        raise ValueError("annotations need the images their boxes are drawn on")
+    if isinstance(annotations, dict):
+        annotations = [annotations]
+    if not isinstance(annotations, (list, tuple)) or len(annotations) != len(texts):
+        raise ValueError(f"Give one annotation per image: {len(texts)} image(s), annotations={annotations!r:.120}")
+    checked = []
+    for index, (annotation, caption) in enumerate(zip(annotations, texts)):
+        where = f"annotations[{index}]"
+        if not isinstance(caption, str):
+            raise TypeError(f"{where} needs a caption string as the image's text (its spans index into it), "
+                             f"got {type(caption).__name__}")
+        if not isinstance(annotation, dict) or not {"boxes", "spans"} <= set(annotation):
+            raise TypeError(f"{where} must be a dict with 'boxes' and 'spans', got {annotation!r:.120}")
+        try:
+            boxes = torch.as_tensor(annotation["boxes"], dtype=torch.float32).reshape(-1, 4)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{where}['boxes'] must be (n, 4) xyxy numbers: {error}") from None
+        spans = [[(int(start), int(end)) for start, end in box_spans] for box_spans in annotation["spans"]]
+        if len(spans) != len(boxes) or not torch.isfinite(boxes).all():
+            raise ValueError(f"{where} has {len(boxes)} box(es) and {len(spans)} span list(s); every box needs "
+                             "finite coordinates and a non-empty list of (start, end) spans")
+        for box_spans in spans:
+            if not box_spans or not all(0 <= start < end <= len(caption) for start, end in box_spans):
+                raise ValueError(f"{where}: spans {box_spans} are empty or outside the caption {caption!r:.120}")
+        checked.append({"boxes": boxes, "spans": spans})
+    return checked
+
+
+def _annotated_prompt(caption: str, box_spans: list) -> tuple[list[Prompt], list[str]]:
+    """The row of an annotated caption: its phrases are the boxes' distinct phrases (the whole caption if none)."""
+    phrases = list(dict.fromkeys(tuple(spans) for spans in box_spans)) or [((0, len(caption)),)]
+    names = [" ".join(caption[start:end] for start, end in spans) for spans in phrases]
+    return [Prompt(caption, [list(spans) for spans in phrases], list(range(len(phrases))))], names
+
+
 def _refuse_duplicates(keys: list, names: list, what: str) -> None:
     first = {}
     for index, key in enumerate(keys):
@@ -390,4 +502,12 @@ def _is_flat_names(text) -> bool:
     return isinstance(text, (list, tuple)) and all(isinstance(t, str) for t in text)
 
 
-__all__ = ["GlipProcessor", "load_tokenizer", "build_detection_prompt", "clean_class_name", "find_phrase_spans", "spans_to_token_map"]
+__all__ = [
+    "GlipProcessor",
+    "build_detection_prompt",
+    "clean_class_name",
+    "find_phrase_spans",
+    "load_tokenizer",
+    "resize_boxes",
+    "spans_to_token_map",
+]

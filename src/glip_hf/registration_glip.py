@@ -13,7 +13,7 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from transformers.utils import logging
 
 from .configuration_glip import GlipConfig
-from .image_processing_glip import GlipImageProcessor
+from .image_processing_glip import GlipImageProcessor, GlipImageProcessorFast
 from .modeling_glip import GlipForGrounding, GlipModel
 from .pipeline_glip import GlipZeroShotObjectDetectionPipeline
 from .processing_glip import GlipProcessor
@@ -27,9 +27,9 @@ def register_glip() -> None:
     AutoConfig.register(GlipConfig.model_type, GlipConfig, exist_ok=True)
     AutoModel.register(GlipConfig, GlipModel, exist_ok=True)
     AutoModelForZeroShotObjectDetection.register(GlipConfig, GlipForGrounding, exist_ok=True)
-    # One PIL-based class (its resize must match the original bit for bit) serves whichever backend is asked for.
     AutoImageProcessor.register(
-        GlipConfig, image_processor_classes={"pil": GlipImageProcessor, "torchvision": GlipImageProcessor}, exist_ok=True
+        GlipConfig, image_processor_classes={"pil": GlipImageProcessor, "torchvision": GlipImageProcessorFast},
+        exist_ok=True,
     )
     AutoProcessor.register(GlipConfig, GlipProcessor, exist_ok=True)
 
@@ -37,6 +37,7 @@ def register_glip() -> None:
     GlipModel.register_for_auto_class("AutoModel")
     GlipForGrounding.register_for_auto_class("AutoModelForZeroShotObjectDetection")
     GlipImageProcessor.register_for_auto_class("AutoImageProcessor")
+    GlipImageProcessorFast.register_for_auto_class("AutoImageProcessor")
     GlipProcessor.register_for_auto_class("AutoProcessor")
 
     if PIPELINE_REGISTRY.supported_tasks.get(PIPELINE_TASK, {}).get("impl") is not GlipZeroShotObjectDetectionPipeline:

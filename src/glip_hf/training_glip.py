@@ -98,18 +98,30 @@ class EmaCallback(TrainerCallback):
 class GlipTrainer(Trainer):
     """`Trainer` with GLIP's optimizer groups, per-term loss logging and detection evaluation.
 
-    Evaluation batches are post-processed inside `prediction_step` into at most `detections_per_image` boxes per
-    image, so what the trainer gathers across processes is small and fixed-size; `compute_metrics` (see
-    `make_coco_compute_metrics`) turns them into COCO AP.
+    `eval_data_collator` (default: `data_collator`) builds the evaluation batches, e.g. a `GlipDataCollator` with
+    the class-list prompt. Evaluation batches are post-processed inside `prediction_step` into at most
+    `detections_per_image` boxes per image, so what the trainer gathers across processes is small and fixed-size;
+    `compute_metrics` (see `make_coco_compute_metrics`) turns them into COCO AP.
     """
 
-    def __init__(self, *args, text_learning_rate=None, ema_decay=None, **kwargs):
+    def __init__(self, *args, text_learning_rate=None, ema_decay=None, eval_data_collator=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.text_learning_rate = text_learning_rate
+        self.eval_data_collator = eval_data_collator
         self._loss_terms: dict[str, list[float]] = {}
         self.ema = EmaCallback(self.model, ema_decay) if ema_decay else None
         if self.ema is not None:
             self.add_callback(self.ema)
+
+    def _get_dataloader(self, dataset, description, *args, is_training: bool = False, **kwargs):
+        # Trainer builds every loader with `self.data_collator`; evaluation and test loaders take the eval one.
+        if is_training or self.eval_data_collator is None:
+            return super()._get_dataloader(dataset, description, *args, is_training=is_training, **kwargs)
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super()._get_dataloader(dataset, description, *args, is_training=is_training, **kwargs)
+        finally:
+            self.data_collator = train_collator
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -196,25 +208,13 @@ def make_detection_compute_metrics(ground_truth: dict, label_to_category, benchm
     return compute_metrics
 
 
-class GlipDetectionEvalCollator:
-    """Evaluation batches with one fixed prompt for every image, as COCO/LVIS/ODinW evaluation does: the class list
-    (chunked if long), or a caption with the classes' `phrases` spans (ODinW's caption prompts). Examples need
-    `image` and `image_id`."""
-
-    def __init__(self, processor, class_names, phrases=None):
-        self.processor = processor
-        self.class_names = class_names if isinstance(class_names, str) else list(class_names)
-        self.phrases = phrases
-
-    def __call__(self, examples):
-        images = [example["image"] for example in examples]
-        phrases = None if self.phrases is None else [self.phrases] * len(images)
-        batch = self.processor(images=images, text=[self.class_names] * len(images), phrases=phrases)
-        batch["image_ids"] = torch.tensor([int(example["image_id"]) for example in examples])
-        return batch
-
-
 __all__ = [
-    "EmaCallback", "GlipDetectionEvalCollator", "GlipTrainer", "LINEAR_PROBE_PARAMETERS", "TRANSFER_MODES",
-    "make_coco_compute_metrics", "make_detection_compute_metrics", "parameter_groups", "set_transfer_mode",
+    "LINEAR_PROBE_PARAMETERS",
+    "TRANSFER_MODES",
+    "EmaCallback",
+    "GlipTrainer",
+    "make_coco_compute_metrics",
+    "make_detection_compute_metrics",
+    "parameter_groups",
+    "set_transfer_mode",
 ]
