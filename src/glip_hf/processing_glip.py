@@ -424,10 +424,12 @@ def _check_same_batch(outputs, inputs) -> None:
         if key not in inputs:
             raise ValueError(f"inputs lacks {key!r}: pass what GlipProcessor returned for this batch (with images)")
     rows, length = outputs.logits.shape[0], outputs.logits.shape[-1]
-    if inputs["token_maps"].shape[0] != rows or inputs["input_ids"].shape != (rows, length):
+    # token_maps (R, P, T) always travel with the batch; input_ids may have been dropped once the model ran.
+    described = (inputs["token_maps"].shape[0], inputs["token_maps"].shape[-1])
+    if described != (rows, length) or ("input_ids" in inputs and tuple(inputs["input_ids"].shape) != described):
         raise ValueError(
-            f"The outputs have {rows} prompt row(s) of {length} tokens but the inputs describe "
-            f"{tuple(inputs['input_ids'].shape)}: pass the inputs of the batch the model ran on"
+            f"The outputs have {rows} prompt row(s) of {length} tokens but the inputs describe {described}: pass the "
+            "inputs of the batch the model ran on"
         )
     images = len(inputs["image_sizes"])
     if images != len(inputs["text_labels"]) or (len(inputs["image_index"]) and int(inputs["image_index"].max()) >= images):
