@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
-from .fusion_glip import GlipTextLayer
 from .postprocessing_glip import phrase_scores, post_process_grounding
 
 DETECTOR_INPUTS = ("pixel_values", "input_ids", "attention_mask")
@@ -82,29 +81,24 @@ class GlipTextEncoderForExport(nn.Module):
 @contextlib.contextmanager
 def export_mode(model, eager_attention: bool = False):
     """Settings for tracing, restored afterwards: every prompt row in one DyHead pass (the CPU's rows-per-pass rule
-    is a loop over the batch, which a graph with a dynamic batch cannot hold), and with `eager_attention` the towers'
-    and the DyHead's BERT layers' attention as plain products and softmax (the ONNX exporter's decomposition of
-    `scaled_dot_product_attention` leaves a view of a transposed tensor that it then cannot run)."""
+    is a loop over the batch, which a graph with a dynamic batch cannot hold), and with `eager_attention` every
+    attention (towers, fusion, the DyHead's BERT layers) as plain products and softmax (the ONNX exporter's
+    decomposition of `scaled_dot_product_attention` leaves a view of a transposed tensor that it then cannot run)."""
     config = model.config
     saved_rows = config.max_prompts_per_pass
-    towers = [module.config for module in model.modules()
-              if isinstance(module, PreTrainedModel) and module.config is not config] if eager_attention else []
-    text_layers = [module for module in model.modules() if isinstance(module, GlipTextLayer)] if eager_attention else []
-    saved_towers = [tower._attn_implementation for tower in towers]
-    saved_layers = [layer.attention_implementation for layer in text_layers]
+    # GLIP's own config decides its fusion and DyHead text layers ("eager": the original's arithmetic).
+    sub_configs = [module.config for module in model.modules() if isinstance(module, PreTrainedModel)]
+    sub_configs = list({id(sub): sub for sub in sub_configs}.values()) if eager_attention else []
+    saved_attention = [sub._attn_implementation for sub in sub_configs]
     config.max_prompts_per_pass = 2**31 - 1
-    for tower in towers:
-        tower._attn_implementation = "eager"
-    for layer in text_layers:
-        layer.attention_implementation = "eager"
+    for sub in sub_configs:
+        sub._attn_implementation = "eager"
     try:
         yield model
     finally:
         config.max_prompts_per_pass = saved_rows
-        for tower, implementation in zip(towers, saved_towers):
-            tower._attn_implementation = implementation
-        for layer, implementation in zip(text_layers, saved_layers):
-            layer.attention_implementation = implementation
+        for sub, implementation in zip(sub_configs, saved_attention):
+            sub._attn_implementation = implementation
 
 
 def example_inputs(config, image_size=DEFAULT_IMAGE_SIZE, batch: int = 1, text_length: int = 8,
