@@ -11,12 +11,12 @@ from glip_hf.postprocessing_glip import batched_nms_inclusive, phrase_scores, po
 
 def reference_nms(boxes, scores, groups, threshold):
     """The original ml_nms: per group, drop a box whose +1 IoU with a kept higher-scored box exceeds the threshold."""
-    keep = []
+    kept_per_group = {}
     for index in torch.argsort(scores, descending=True, stable=True).tolist():
-        same_group = [k for k in keep if groups[k] == groups[index]]
+        same_group = kept_per_group.setdefault(int(groups[index]), [])
         if not same_group or box_iou_inclusive(boxes[index:index + 1], boxes[same_group]).max() <= threshold:
-            keep.append(index)
-    return sorted(keep)
+            same_group.append(index)
+    return sorted(index for kept in kept_per_group.values() for index in kept)
 
 
 def random_boxes(count, groups, seed):
