@@ -2,7 +2,7 @@
 once) and in ONNX Runtime (fp32, exported by `glip_hf.export_glip`), against Grounding DINO-T in PyTorch (fp32, bf16
 autocast), on the same image and the 80 COCO class names.
 
-    python benchmarks/bench_deploy.py [--size 512] [--repeats 3] [--skip-onnx]
+    python benchmarks/bench_deploy.py [--size 512] [--repeats 3] [--skip-onnx] [--bf16 auto|always|never]
 
 The image is resized by each model's processor (GLIP: 800x800 for a 512x512 photo). Runs alternate between the paths
 (a, b, c, ..., a, b, c, ...), so that load from other processes falls on all of them; each row gives the median and
@@ -81,6 +81,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--skip-onnx", action="store_true", help="leave out the ONNX Runtime row")
+    parser.add_argument("--bf16", choices=["auto", "always", "never"], default="auto",
+                        help="bf16 autocast rows: 'auto' runs them only on CPUs that multiply bf16 in hardware "
+                             "(elsewhere torch emulates bf16 and a call takes minutes)")
     parser.add_argument("--output", type=Path, default=Path("benchmarks/results/deploy_cpu.json"))
     args = parser.parse_args(argv)
     height, width = parse_size(args.size)
@@ -91,10 +94,11 @@ def main(argv=None) -> dict:
     paths = {
         "GLIP-T PyTorch fp32": glip_pytorch(glip, glip_processor, image, bf16=False, cached_prompt=False),
         "GLIP-T PyTorch fp32, prompt encoded once": glip_pytorch(glip, glip_processor, image, False, True),
-        "GLIP-T PyTorch bf16 autocast": glip_pytorch(glip, glip_processor, image, bf16=True, cached_prompt=False),
         "Grounding DINO-T PyTorch fp32": grounding_dino(dino, dino_processor, image, bf16=False),
-        "Grounding DINO-T PyTorch bf16 autocast": grounding_dino(dino, dino_processor, image, bf16=True),
     }
+    if args.bf16 == "always" or (args.bf16 == "auto" and cpu_has_fast_bf16()):
+        paths["GLIP-T PyTorch bf16 autocast"] = glip_pytorch(glip, glip_processor, image, True, False)
+        paths["Grounding DINO-T PyTorch bf16 autocast"] = grounding_dino(dino, dino_processor, image, bf16=True)
     onnx_bytes = None
     with tempfile.TemporaryDirectory() as folder:
         if not args.skip_onnx:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -124,9 +125,10 @@ def timed_alternately(functions: dict, repeats: int, warmup: int, device: str) -
         for function in functions.values():
             function()
     seconds = {name: [] for name in functions}
-    for _ in range(repeats):
+    for round_index in range(repeats):
         for name, function in functions.items():
             seconds[name].append(timed(function, 1, 0, device)["median_s"])
+            print(f"  run {round_index + 1}/{repeats} {name}: {seconds[name][-1]:.2f} s", file=sys.stderr, flush=True)
     return {name: {"median_s": statistics.median(values), "min_s": min(values), "runs": repeats, "seconds": values}
             for name, values in seconds.items()}
 

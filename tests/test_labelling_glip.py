@@ -151,6 +151,28 @@ def test_one_image_batches_equal_the_processor_path(teacher, folder, tmp_path):
     torch.testing.assert_close(torch.tensor([i["bbox"] for i in found]), exclusive, atol=6e-3, rtol=0)
 
 
+def test_a_class_prompt_goes_through_the_text_tower_once(teacher, folder, labelled, tmp_path, monkeypatch):
+    model, _, _ = teacher
+    calls = []
+    original = type(model.model).encode_text
+
+    def counted(self, input_ids, *args, **kwargs):
+        calls.append(input_ids.shape[0])
+        return original(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.model), "encode_text", counted)
+    output = tmp_path / "labels"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `labelled`, for equal rounding
+    try:
+        summary = label_corpus(make_run(teacher, output), folder_items(folder), "folder")
+    finally:
+        torch.set_num_threads(threads)
+    # Three shards in batches of 2 images: the one-row class prompt goes through the text tower once for the run.
+    assert len(summary.shards_written) == 3 and calls == [1]
+    assert lines(output / "labels.odvg.jsonl") == lines(labelled[0] / "labels.odvg.jsonl")
+
+
 def test_kill_and_rerun_loses_and_duplicates_nothing(teacher, folder, labelled, tmp_path, monkeypatch):
     straight = labelled[0]
     interrupted = tmp_path / "interrupted"

@@ -46,6 +46,7 @@ class ShardLabeller:
         self.processor.nms_threshold = run.policy.nms_threshold
         run.policy.check_classes(run.classes)
         self.class_prompt = self.processor(text=list(run.classes)) if run.classes is not None else None
+        self._class_text_features = None  # the class prompt through the text tower, computed on first use
 
     # ----- inputs ------------------------------------------------------------------------------------------------
 
@@ -150,6 +151,8 @@ class ShardLabeller:
                                                       "image_index") if key in tensors}
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self.run.bf16 else nullcontext()
         with torch.no_grad(), autocast:
+            if self.class_prompt is not None:
+                model_inputs["text_features"] = self._class_prompt_features(model_inputs.pop("input_ids"))
             outputs = self.run.model(**model_inputs)
         outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
         outputs.centerness = outputs.centerness.float()
@@ -157,6 +160,15 @@ class ShardLabeller:
             outputs, tensors, threshold=self.run.policy.lowest_threshold())
         return [{key: value.cpu() if isinstance(value, torch.Tensor) else value for key, value in result.items()}
                 for result in results]
+
+    def _class_prompt_features(self, input_ids) -> torch.Tensor:
+        """The text features of `input_ids` (the class prompt's rows repeated per image), the text tower run once."""
+        if self._class_text_features is None:
+            prompt_ids = self.class_prompt["input_ids"].to(input_ids.device)
+            prompt_mask = self.class_prompt["attention_mask"].to(input_ids.device)
+            self._class_text_features = self.run.model.encode_prompt(prompt_ids, prompt_mask)
+        chunks = self._class_text_features.shape[0]
+        return self._class_text_features.repeat(input_ids.shape[0] // chunks, 1, 1)
 
     def _save_bytes(self, item, image):
         """A dataset row that holds only bytes gets a file under the output folder (the labels name it)."""
