@@ -34,7 +34,7 @@ from glip_hf.finetuning_glip import DataArguments, ModelArguments, run_finetune
 # CPU: the 400 px tiles at their own size; GPU: full resolution (tiles upscaled to 800 px) and a longer schedule.
 # `max_steps` is per model (teacher, then student). `pseudo_threshold`: the teacher's boxes above it become labels.
 SETTINGS = {
-    "cpu": dict(image_size=400, min_sizes=[352, 400, 448], max_steps=150, eval_steps=50, batch_size=4, lr=3e-4,
+    "cpu": dict(image_size=400, min_sizes=[352, 400, 448], max_steps=150, eval_steps=50, batch_size=2, lr=3e-4,
                 pseudo_threshold=0.3),
     "cuda": dict(image_size=800, min_sizes=[704, 800, 896], max_steps=600, eval_steps=100, batch_size=8, lr=3e-4,
                  pseudo_threshold=0.3),
