@@ -118,6 +118,15 @@ def test_towers_from_a_timm_model_with_a_local_weights_file(no_network, tmp_path
     assert not any(key.startswith("fc.") for key in features)
 
 
+def test_a_timm_feature_extractor_loads_without_a_warning_for_its_dropped_head(no_network, tmp_path, caplog):
+    timm = pytest.importorskip("timm")
+    weights_file = tmp_path / "mobilenetv2.safetensors"
+    save_file(timm.create_model("mobilenetv2_100").state_dict(), weights_file)  # its head: conv_head, bn2, classifier
+    GlipModel.from_vision_text_pretrained("timm/mobilenetv2_100", str(minilm_folder()),
+                                          vision_weights_file=weights_file, **HEAD_SIZES)
+    assert not [record.getMessage() for record in caplog.records if "Unexpected keys" in record.getMessage()]
+
+
 def test_towers_that_do_not_fit_are_named(no_network, tiny_swin_folder, tmp_path):
     with pytest.raises(ValueError, match="BERT"):
         GlipModel.from_vision_text_pretrained(str(tiny_swin_folder), str(tiny_swin_folder), **HEAD_SIZES)

@@ -7,11 +7,10 @@ import json
 
 import pytest
 import torch
+from conftest import require_reference
 from torchvision.ops import box_iou
 
-import glip_hf.deform_conv_glip as deform_conv_glip
-from conftest import require_reference
-from glip_hf import GlipForGrounding, GlipProcessor
+from glip_hf import GlipForGrounding, GlipProcessor, deform_conv_glip
 from glip_hf.postprocessing_glip import phrase_scores
 from glip_hf.precision_glip import cpu_has_fast_bf16, default_precision, inference_autocast
 

@@ -3,7 +3,9 @@ and the layout of the pyramid levels as one sequence of visual tokens."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 from collections import OrderedDict
 from pathlib import Path
 
@@ -106,8 +108,11 @@ def load_pretrained_backbone_weights(backbone: nn.Module, name_or_path: str, wei
 
         config = backbone.config
         overlay = {"pretrained_cfg_overlay": {"file": str(Path(weights_file))}} if weights_file is not None else {}
-        pretrained = timm.create_model(config.backbone, pretrained=True, features_only=config.features_only,
-                                       out_indices=config.out_indices, output_stride=config.output_stride, **overlay)
+        # A feature extractor drops the classifier on purpose; timm would warn once per load that its keys are unused.
+        with _quiet_logger("timm.models._builder", quiet=config.features_only):
+            pretrained = timm.create_model(config.backbone, pretrained=True, features_only=config.features_only,
+                                           out_indices=config.out_indices, output_stride=config.output_stride,
+                                           **overlay)
         if config.freeze_batch_norm_2d:
             pretrained = timm.utils.model.freeze_batch_norm_2d(pretrained)
         load_tower_weights(backbone._backbone, pretrained.state_dict(), name_or_path)
@@ -117,6 +122,19 @@ def load_pretrained_backbone_weights(backbone: nn.Module, name_or_path: str, wei
     # The backbone's own class: AutoBackbone.from_pretrained asks the Hub about every name, local folders too.
     pretrained = type(backbone).from_pretrained(name_or_path, config=copy.deepcopy(backbone.config))
     load_tower_weights(backbone, pretrained.state_dict(), name_or_path)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str, quiet: bool = True):
+    """Warnings of the named logger are dropped inside the block (errors still show)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def load_tower_weights(module: nn.Module, state_dict: dict, source: str) -> None:
