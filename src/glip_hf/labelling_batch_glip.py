@@ -73,11 +73,11 @@ class ShardLabeller:
         return inputs
 
     def _class_prompt_rows(self, count: int) -> dict:
-        """The run's encoded class prompt repeated for `count` images (one row per image and chunk)."""
+        """The run's encoded class prompt repeated for `count` images (one row per image and chunk); the text
+        features take the place of `input_ids` (`_class_prompt_features`)."""
         prompt = self.class_prompt
         chunks = prompt["input_ids"].shape[0]
         return {
-            "input_ids": prompt["input_ids"].repeat(count, 1),
             "attention_mask": prompt["attention_mask"].repeat(count, 1),
             "token_maps": prompt["token_maps"].repeat(count, 1, 1),
             "label_ids": prompt["label_ids"].repeat(count, 1),
@@ -152,7 +152,7 @@ class ShardLabeller:
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self.run.bf16 else nullcontext()
         with torch.no_grad(), autocast:
             if self.class_prompt is not None:
-                model_inputs["text_features"] = self._class_prompt_features(model_inputs.pop("input_ids"))
+                model_inputs["text_features"] = self._class_prompt_features(model_inputs["attention_mask"].shape[0])
             outputs = self.run.model(**model_inputs)
         outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
         outputs.centerness = outputs.centerness.float()
@@ -161,14 +161,14 @@ class ShardLabeller:
         return [{key: value.cpu() if isinstance(value, torch.Tensor) else value for key, value in result.items()}
                 for result in results]
 
-    def _class_prompt_features(self, input_ids) -> torch.Tensor:
-        """The text features of `input_ids` (the class prompt's rows repeated per image), the text tower run once."""
+    def _class_prompt_features(self, rows: int) -> torch.Tensor:
+        """The class prompt's text features for `rows` prompt rows (its chunks repeated per image); the text tower
+        runs on the first call only."""
         if self._class_text_features is None:
-            prompt_ids = self.class_prompt["input_ids"].to(input_ids.device)
-            prompt_mask = self.class_prompt["attention_mask"].to(input_ids.device)
-            self._class_text_features = self.run.model.encode_prompt(prompt_ids, prompt_mask)
-        chunks = self._class_text_features.shape[0]
-        return self._class_text_features.repeat(input_ids.shape[0] // chunks, 1, 1)
+            device = torch.device(self.run.device)
+            self._class_text_features = self.run.model.encode_prompt(
+                self.class_prompt["input_ids"].to(device), self.class_prompt["attention_mask"].to(device))
+        return self._class_text_features.repeat(rows // self._class_text_features.shape[0], 1, 1)
 
     def _save_bytes(self, item, image):
         """A dataset row that holds only bytes gets a file under the output folder (the labels name it)."""
