@@ -2,7 +2,8 @@
 once) and in ONNX Runtime (fp32, exported by `glip_hf.export_glip`), against Grounding DINO-T in PyTorch (fp32, bf16
 autocast), on the same image and the 80 COCO class names.
 
-    python benchmarks/bench_deploy.py [--size 512] [--repeats 3] [--skip-onnx] [--bf16 auto|always|never]
+    python benchmarks/bench_deploy.py [--size 512] [--repeats 3] [--skip-onnx] [--onnx-image-size any|fixed]
+        [--bf16 auto|always|never]
 
 The image is resized by each model's processor (GLIP: 800x800 for a 512x512 photo). Runs alternate between the paths
 (a, b, c, ..., a, b, c, ...), so that load from other processes falls on all of them; each row gives the median and
@@ -81,6 +82,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--skip-onnx", action="store_true", help="leave out the ONNX Runtime row")
+    parser.add_argument("--onnx-image-size", choices=["any", "fixed"], default="any",
+                        help="export the ONNX graph for any image size (glip-hf export's default) or for the "
+                             "photo's size only (--static-image-size)")
     parser.add_argument("--bf16", choices=["auto", "always", "never"], default="auto",
                         help="bf16 autocast rows: 'auto' runs them only on CPUs that multiply bf16 in hardware "
                              "(elsewhere torch emulates bf16 and a call takes minutes)")
@@ -102,9 +106,12 @@ def main(argv=None) -> dict:
     onnx_bytes = None
     with tempfile.TemporaryDirectory() as folder:
         if not args.skip_onnx:
-            onnx_path = export_onnx(glip, Path(folder) / "glip_t.onnx", "detector", padded)
+            any_size = args.onnx_image_size == "any"
+            onnx_path = export_onnx(glip, Path(folder) / "glip_t.onnx", "detector", padded,
+                                    dynamic_image_size=any_size)
             onnx_bytes = onnx_path.stat().st_size
-            paths["GLIP-T ONNX Runtime fp32"] = glip_onnx(onnx_path, glip_processor, image, torch.get_num_threads())
+            name = f"GLIP-T ONNX Runtime fp32, {'any-size' if any_size else 'fixed-size'} graph"
+            paths[name] = glip_onnx(onnx_path, glip_processor, image, torch.get_num_threads())
         timings = timed_alternately(paths, args.repeats, args.warmup, "cpu")
     flops = glip_flops_per_image(glip, glip_processor, image, "cpu")
     dino_best = min(timing["median_s"] for name, timing in timings.items() if name.startswith("Grounding"))

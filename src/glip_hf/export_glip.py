@@ -1,13 +1,13 @@
 """GLIP as deployable graphs: ONNX (run by ONNX Runtime, standard operators only) and torch.export programs.
 
 The exported detector takes `pixel_values` (B, 3, H, W), `input_ids` (B, T) and `attention_mask` (B, T), and
-returns `logits` (B, A, T), `pred_boxes` (B, A, 4) and `centerness` (B, A) as `GlipForGrounding` does. Batch and
-text length are dynamic; the image size (H, W), multiples of 32, is fixed per graph (`pad_pixel_values` pads a
-processor's output to it). A dynamic image size does not trace: transformers' Swin pads each stage to its window
-and branches on whether it did, and the symbolic sizes of 4 stages x 2 blocks of such padding grow until
-torch.export's shape solver spends tens of minutes on a tiny model. A second pair of graphs runs a prompt once: the
-text encoder (`input_ids`, `attention_mask` -> `text_features`) and the detector that takes `text_features` in
-place of `input_ids`. `post_process_exported` turns the outputs into detections without the PyTorch model.
+returns `logits` (B, A, T), `pred_boxes` (B, A, 4) and `centerness` (B, A) as `GlipForGrounding` does. Batch, text
+length and the image size are dynamic: one graph takes any H and W that are multiples of 32 from MIN_IMAGE_SIDE to
+MAX_IMAGE_SIDE, as GlipImageProcessor pads to. For that, tracing swaps transformers' Swin layer forward for
+`swin_layer_forward_any_size`, the same arithmetic with shape-independent control flow. A second pair of graphs
+runs a prompt once: the text encoder (`input_ids`, `attention_mask` -> `text_features`) and the detector that takes
+`text_features` in place of `input_ids`. `post_process_exported` turns the outputs into detections without the
+PyTorch model.
 
 Tracing runs on the CPU: the deformable convs go through their `grid_sample` form (ONNX `GridSample`, opset >= 16),
 never through torchvision's kernel or Triton.
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers.models.swin import modeling_swin
 
 from .postprocessing_glip import phrase_scores, post_process_grounding
 
@@ -34,6 +35,9 @@ TEXT_ENCODER_OUTPUTS = ("text_features",)
 MIN_OPSET = 16
 DEFAULT_OPSET = 18
 IMAGE_MULTIPLE = 32
+# The dynamic image sides of an exported detector (multiples of IMAGE_MULTIPLE).
+MIN_IMAGE_SIDE = 256
+MAX_IMAGE_SIDE = 4096
 # GlipImageProcessor's default: shorter side 800, longer at most 1333, padded to multiples of 32.
 DEFAULT_IMAGE_SIZE = (800, 1344)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -78,10 +82,58 @@ class GlipTextEncoderForExport(nn.Module):
         return self.model.encode_prompt(input_ids, attention_mask)
 
 
+def swin_layer_forward_any_size(layer, hidden_states, input_dimensions, always_partition=False, **kwargs):
+    """transformers' `SwinLayer.forward`, with the same arithmetic, for a graph of any image size.
+
+    The layer pads its (height, width) map to whole windows and crops the padding off again. Its own code tests
+    whether it padded, and slices; the slice's contiguity depends on the padding. torch.export would fix both
+    per example size. Here the padded size is a ceiling division and the crop an `index_select`, whose result
+    is contiguous for every size.
+    """
+    if not always_partition:
+        layer.set_shift_and_window_size(input_dimensions)
+    height, width = input_dimensions
+    batch_size, _, channels = hidden_states.shape
+    window = layer.window_size
+    padded_height = (height + window - 1) // window * window
+    padded_width = (width + window - 1) // window * window
+    shortcut = hidden_states
+    hidden_states = layer.layernorm_before(hidden_states).view(batch_size, height, width, channels)
+    hidden_states = F.pad(hidden_states, (0, 0, 0, padded_width - width, 0, padded_height - height))
+    windows = modeling_swin.window_partition(layer.cyclic_shift(hidden_states), window)
+    attention_mask = layer.get_attn_mask(padded_height, padded_width, dtype=hidden_states.dtype,
+                                         device=hidden_states.device)
+    attention, attention_weights = layer.attention(windows.view(-1, window * window, channels), attention_mask,
+                                                   **kwargs)
+    attention = layer.dropout(attention).view(-1, window, window, channels)
+    attention = modeling_swin.window_reverse(attention, window, padded_height, padded_width)
+    attention = layer.cyclic_shift(attention, reverse=True)
+    rows = torch.arange(height, device=attention.device)
+    columns = torch.arange(width, device=attention.device)
+    attention = attention.index_select(1, rows).index_select(2, columns).view(batch_size, height * width, channels)
+    hidden_states = shortcut + layer.drop_path(attention)
+    hidden_states = hidden_states + layer.dropout(layer.mlp(layer.layernorm_after(hidden_states)))
+    return hidden_states, attention_weights
+
+
+@contextlib.contextmanager
+def any_image_size(model):
+    """Inside the block, the model's transformers Swin layers run `swin_layer_forward_any_size`."""
+    layers = [module for module in model.modules() if isinstance(module, modeling_swin.SwinLayer)]
+    for layer in layers:
+        layer.forward = swin_layer_forward_any_size.__get__(layer)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
 @contextlib.contextmanager
 def export_mode(model, eager_attention: bool = False):
-    """Settings for tracing, restored afterwards: every prompt row in one DyHead pass (the CPU's rows-per-pass rule
-    is a loop over the batch, which a graph with a dynamic batch cannot hold), and with `eager_attention` every
+    """Settings for tracing, restored afterwards: the Swin layers of `any_image_size`; every prompt row in one
+    DyHead pass (the CPU's rows-per-pass rule is a loop over the batch, which a graph with a dynamic batch cannot
+    hold); and with `eager_attention` every
     attention (towers, fusion, the DyHead's BERT layers) as plain products and softmax (the ONNX exporter's
     decomposition of `scaled_dot_product_attention` leaves a view of a transposed tensor that it then cannot run)."""
     config = model.config
@@ -94,7 +146,8 @@ def export_mode(model, eager_attention: bool = False):
     for sub in sub_configs:
         sub._attn_implementation = "eager"
     try:
-        yield model
+        with any_image_size(model):
+            yield model
     finally:
         config.max_prompts_per_pass = saved_rows
         for sub, implementation in zip(sub_configs, saved_attention):
@@ -115,29 +168,36 @@ def example_inputs(config, image_size=DEFAULT_IMAGE_SIZE, batch: int = 1, text_l
 
 
 def check_image_size(image_size) -> tuple[int, int]:
-    """(height, width) of the exported graph's images: multiples of 32, as GlipImageProcessor pads to."""
+    """(height, width) of an exported detector's images: multiples of 32 (as GlipImageProcessor pads to) from
+    MIN_IMAGE_SIDE to MAX_IMAGE_SIDE."""
     height, width = (int(side) for side in image_size)
-    if height % IMAGE_MULTIPLE or width % IMAGE_MULTIPLE or min(height, width) < IMAGE_MULTIPLE * 4:
-        raise ValueError(f"image_size must be (height, width) in multiples of {IMAGE_MULTIPLE}, at least 128, got "
-                         f"{tuple(image_size)}")
+    if (height % IMAGE_MULTIPLE or width % IMAGE_MULTIPLE or min(height, width) < MIN_IMAGE_SIDE
+            or max(height, width) > MAX_IMAGE_SIDE):
+        raise ValueError(f"image_size must be (height, width) in multiples of {IMAGE_MULTIPLE} from {MIN_IMAGE_SIDE} "
+                         f"to {MAX_IMAGE_SIDE}, got {tuple(image_size)}")
     return height, width
 
 
 def pad_pixel_values(pixel_values: torch.Tensor, image_size) -> torch.Tensor:
-    """Zero-pads a processor's (B, 3, h, w) `pixel_values` at the bottom/right to the graph's (height, width)."""
+    """Zero-pads a processor's (B, 3, h, w) `pixel_values` at the bottom/right to (height, width): images of a
+    processor's size below MIN_IMAGE_SIDE, or several batches at one size."""
     height, width = check_image_size(image_size)
     if pixel_values.shape[-2] > height or pixel_values.shape[-1] > width:
-        raise ValueError(f"pixel_values of size {tuple(pixel_values.shape[-2:])} do not fit the exported graph's "
-                         f"{(height, width)}; resize the images (GlipImageProcessor size=) or export a larger size")
+        raise ValueError(f"pixel_values of size {tuple(pixel_values.shape[-2:])} do not fit in {(height, width)}; "
+                         f"pad to a larger size or resize the images (GlipImageProcessor size=)")
     return F.pad(pixel_values, (0, width - pixel_values.shape[-1], 0, height - pixel_values.shape[-2]))
 
 
-def dynamic_shapes(config, names) -> dict:
-    """torch.export dynamic shapes for the named inputs: batch and text length (the image size is the example's)."""
+def dynamic_shapes(config, names, dynamic_image_size: bool = True) -> dict:
+    """torch.export dynamic shapes for the named inputs: batch, text length and, with `dynamic_image_size`, image
+    height and width in multiples of 32 from MIN_IMAGE_SIDE to MAX_IMAGE_SIDE."""
     batch = torch.export.Dim("batch", min=1, max=1024)
     text_length = torch.export.Dim("text_length", min=1, max=config.max_text_len)
+    height, width = (IMAGE_MULTIPLE * torch.export.Dim(f"{side}_in_32s", min=MIN_IMAGE_SIDE // IMAGE_MULTIPLE,
+                                                      max=MAX_IMAGE_SIDE // IMAGE_MULTIPLE)
+                     for side in ("height", "width"))
     shapes = {
-        "pixel_values": {0: batch},
+        "pixel_values": {0: batch, 2: height, 3: width} if dynamic_image_size else {0: batch},
         "input_ids": {0: batch, 1: text_length},
         "text_features": {0: batch, 1: text_length},
         "attention_mask": {0: batch, 1: text_length},
@@ -153,17 +213,19 @@ def _exportable(model, dtype):
     return model.to("cpu", dtype=dtype)
 
 
-def export_program(model, kind: str = "detector", image_size=DEFAULT_IMAGE_SIZE, dtype=torch.float32,
-                   example: dict | None = None, eager_attention: bool = False):
+def export_program(model, kind: str = "detector", image_size=None, dtype=torch.float32,
+                   example: dict | None = None, eager_attention: bool = False, dynamic_image_size: bool = True):
     """torch.export's `ExportedProgram` of one graph: "detector" (DETECTOR_INPUTS), "cached_prompt"
-    (CACHED_PROMPT_INPUTS) or "text_encoder" (TEXT_ENCODER_INPUTS), for (height, width) images, with dynamic batch
-    and text length. `example` (the detector's inputs) replaces random example inputs; `eager_attention`: see
-    `export_mode`. The model is moved to the CPU in `dtype` (in place, as `model.to`)."""
+    (CACHED_PROMPT_INPUTS) or "text_encoder" (TEXT_ENCODER_INPUTS), with dynamic batch, text length and image size
+    (see `check_image_size`). It traces `example` (the detector's inputs), or random inputs of `image_size`
+    (default DEFAULT_IMAGE_SIZE); `eager_attention`: see `export_mode`. With `dynamic_image_size=False` the graph
+    takes the traced size only, and traces in about a third of the time. The model is moved to the CPU in `dtype`
+    (in place, as `model.to`)."""
     model = _exportable(model, dtype)
-    example = example or example_inputs(model.config, image_size, dtype=dtype)
-    if tuple(example["pixel_values"].shape[-2:]) != check_image_size(image_size):
-        raise ValueError(f"the example's pixel_values are {tuple(example['pixel_values'].shape[-2:])}, not the "
-                         f"image_size {tuple(image_size)} to export; pad them (pad_pixel_values)")
+    example = example or example_inputs(model.config, image_size or DEFAULT_IMAGE_SIZE, dtype=dtype)
+    traced_size = check_image_size(example["pixel_values"].shape[-2:])
+    if image_size is not None and traced_size != tuple(image_size):
+        raise ValueError(f"the example's pixel_values are {traced_size}, not the image_size {tuple(image_size)}")
     if example["pixel_values"].shape[0] == 1:
         # torch.export takes a size of 1 for a constant: trace a batch of two for a graph of any batch.
         example = {name: torch.cat([tensor, tensor]) for name, tensor in example.items()}
@@ -180,16 +242,17 @@ def export_program(model, kind: str = "detector", image_size=DEFAULT_IMAGE_SIZE,
         raise ValueError(f"kind must be 'detector', 'cached_prompt' or 'text_encoder', got {kind!r}")
     args = tuple(example[name] for name in names)
     with export_mode(model, eager_attention), torch.no_grad():
-        return torch.export.export(module, args, dynamic_shapes=tuple(dynamic_shapes(model.config, names).values()),
-                                   strict=False)
+        shapes = dynamic_shapes(model.config, names, dynamic_image_size)
+        return torch.export.export(module, args, dynamic_shapes=tuple(shapes.values()), strict=False)
 
 
-def export_onnx(model, path, kind: str = "detector", image_size=DEFAULT_IMAGE_SIZE, opset: int = DEFAULT_OPSET,
-                dtype=torch.float32, example: dict | None = None) -> Path:
+def export_onnx(model, path, kind: str = "detector", image_size=None, opset: int = DEFAULT_OPSET,
+                dtype=torch.float32, example: dict | None = None, dynamic_image_size: bool = True) -> Path:
     """Writes one graph (see `export_program`) as an ONNX file at `path`, with named inputs and outputs."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be at least {MIN_OPSET} (ONNX GridSample), got {opset}")
-    program = export_program(model, kind, image_size, dtype, example, eager_attention=True)
+    program = export_program(model, kind, image_size, dtype, example, eager_attention=True,
+                             dynamic_image_size=dynamic_image_size)
     return program_to_onnx(program, path, kind, opset)
 
 

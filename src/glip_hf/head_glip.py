@@ -64,7 +64,8 @@ class GlipAnchorGenerator(nn.Module):
 
     @staticmethod
     def _grid(cell, stride, shape):
-        height, width = int(shape[0]), int(shape[1])
+        # Sizes stay symbolic under torch.export (a graph of any image size); a tensor's become ints.
+        height, width = (size if isinstance(size, (int, torch.SymInt)) else int(size) for size in shape[:2])
         shift_y, shift_x = torch.meshgrid(
             torch.arange(height, device=cell.device, dtype=cell.dtype) * stride,
             torch.arange(width, device=cell.device, dtype=cell.dtype) * stride,
