@@ -37,6 +37,8 @@ DEFAULT_OPSET = 18
 IMAGE_MULTIPLE = 32
 # The dynamic image sides of an exported detector (multiples of IMAGE_MULTIPLE).
 MIN_IMAGE_SIDE = 256
+# A graph of one size (`dynamic_image_size=False`) may be smaller: GLIP's coarsest level has stride 128.
+MIN_STATIC_IMAGE_SIDE = 128
 MAX_IMAGE_SIDE = 4096
 # GlipImageProcessor's default: shorter side 800, longer at most 1333, padded to multiples of 32.
 DEFAULT_IMAGE_SIZE = (800, 1344)
@@ -157,7 +159,7 @@ def export_mode(model, eager_attention: bool = False):
 def example_inputs(config, image_size=DEFAULT_IMAGE_SIZE, batch: int = 1, text_length: int = 8,
                    dtype=torch.float32) -> dict:
     """Random inputs of the detector's signature for (height, width) images."""
-    height, width = check_image_size(image_size)
+    height, width = check_image_size(image_size, MIN_STATIC_IMAGE_SIDE)
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(1000, 2000, (batch, text_length), generator=generator) % config.text_config.vocab_size
     return {
@@ -167,13 +169,13 @@ def example_inputs(config, image_size=DEFAULT_IMAGE_SIZE, batch: int = 1, text_l
     }
 
 
-def check_image_size(image_size) -> tuple[int, int]:
+def check_image_size(image_size, minimum: int = MIN_IMAGE_SIDE) -> tuple[int, int]:
     """(height, width) of an exported detector's images: multiples of 32 (as GlipImageProcessor pads to) from
-    MIN_IMAGE_SIDE to MAX_IMAGE_SIDE."""
+    `minimum` (MIN_IMAGE_SIDE for a graph of any size, MIN_STATIC_IMAGE_SIDE for one size) to MAX_IMAGE_SIDE."""
     height, width = (int(side) for side in image_size)
-    if (height % IMAGE_MULTIPLE or width % IMAGE_MULTIPLE or min(height, width) < MIN_IMAGE_SIDE
+    if (height % IMAGE_MULTIPLE or width % IMAGE_MULTIPLE or min(height, width) < minimum
             or max(height, width) > MAX_IMAGE_SIDE):
-        raise ValueError(f"image_size must be (height, width) in multiples of {IMAGE_MULTIPLE} from {MIN_IMAGE_SIDE} "
+        raise ValueError(f"image_size must be (height, width) in multiples of {IMAGE_MULTIPLE} from {minimum} "
                          f"to {MAX_IMAGE_SIDE}, got {tuple(image_size)}")
     return height, width
 
@@ -223,7 +225,8 @@ def export_program(model, kind: str = "detector", image_size=None, dtype=torch.f
     (in place, as `model.to`)."""
     model = _exportable(model, dtype)
     example = example or example_inputs(model.config, image_size or DEFAULT_IMAGE_SIZE, dtype=dtype)
-    traced_size = check_image_size(example["pixel_values"].shape[-2:])
+    minimum = MIN_IMAGE_SIDE if dynamic_image_size else MIN_STATIC_IMAGE_SIDE
+    traced_size = check_image_size(example["pixel_values"].shape[-2:], minimum)
     if image_size is not None and traced_size != tuple(image_size):
         raise ValueError(f"the example's pixel_values are {traced_size}, not the image_size {tuple(image_size)}")
     if example["pixel_values"].shape[0] == 1:
