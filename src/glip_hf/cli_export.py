@@ -50,12 +50,11 @@ def run(args) -> int:
         DEFAULT_OPSET,
         DTYPES,
         MAX_IMAGE_SIDE,
-        MIN_IMAGE_SIDE,
         MIN_OPSET,
-        MIN_STATIC_IMAGE_SIDE,
         check_image_size,
         export_onnx,
         export_program,
+        min_image_side,
     )
     from .modeling_glip import GlipForGrounding
 
@@ -66,7 +65,8 @@ def run(args) -> int:
         raise SystemExit(f"error: --opset {opset} is too old: ONNX GridSample needs at least {MIN_OPSET}")
     if args.format != "onnx" and args.opset is not None:
         raise SystemExit("error: --opset applies to --format onnx only")
-    minimum = MIN_STATIC_IMAGE_SIDE if args.static_image_size else MIN_IMAGE_SIDE
+    dynamic = not args.static_image_size
+    minimum = min_image_side(dynamic)
     try:
         height, _, width = args.image_size.partition("x")
         image_size = check_image_size((int(height), int(width or height)), minimum)
@@ -83,7 +83,6 @@ def run(args) -> int:
     model = GlipForGrounding.from_pretrained(args.model).eval()
     dtype = DTYPES[args.dtype]
     for kind, path in paths.items():
-        dynamic = not args.static_image_size
         if args.format == "onnx":
             export_onnx(model, path, kind, image_size, opset=opset, dtype=dtype, dynamic_image_size=dynamic)
         else:

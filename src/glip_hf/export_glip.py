@@ -135,9 +135,9 @@ def any_image_size(model):
 def export_mode(model, eager_attention: bool = False):
     """Settings for tracing, restored afterwards: the Swin layers of `any_image_size`; every prompt row in one
     DyHead pass (the CPU's rows-per-pass rule is a loop over the batch, which a graph with a dynamic batch cannot
-    hold); and with `eager_attention` every
-    attention (towers, fusion, the DyHead's BERT layers) as plain products and softmax (the ONNX exporter's
-    decomposition of `scaled_dot_product_attention` leaves a view of a transposed tensor that it then cannot run)."""
+    hold); and with `eager_attention` every attention (towers, fusion, the DyHead's BERT layers) as plain products
+    and softmax (the ONNX exporter's decomposition of `scaled_dot_product_attention` leaves a view of a transposed
+    tensor that it then cannot run)."""
     config = model.config
     saved_rows = config.max_prompts_per_pass
     # GLIP's own config decides its fusion and DyHead text layers ("eager": the original's arithmetic).
@@ -169,6 +169,11 @@ def example_inputs(config, image_size=DEFAULT_IMAGE_SIZE, batch: int = 1, text_l
     }
 
 
+def min_image_side(dynamic_image_size: bool = True) -> int:
+    """The smallest image side of an exported detector: of a graph of any size, or of one of a single size."""
+    return MIN_IMAGE_SIDE if dynamic_image_size else MIN_STATIC_IMAGE_SIDE
+
+
 def check_image_size(image_size, minimum: int = MIN_IMAGE_SIDE) -> tuple[int, int]:
     """(height, width) of an exported detector's images: multiples of 32 (as GlipImageProcessor pads to) from
     `minimum` (MIN_IMAGE_SIDE for a graph of any size, MIN_STATIC_IMAGE_SIDE for one size) to MAX_IMAGE_SIDE."""
@@ -183,7 +188,7 @@ def check_image_size(image_size, minimum: int = MIN_IMAGE_SIDE) -> tuple[int, in
 def pad_pixel_values(pixel_values: torch.Tensor, image_size) -> torch.Tensor:
     """Zero-pads a processor's (B, 3, h, w) `pixel_values` at the bottom/right to (height, width): images of a
     processor's size below MIN_IMAGE_SIDE, or several batches at one size."""
-    height, width = check_image_size(image_size)
+    height, width = check_image_size(image_size, MIN_STATIC_IMAGE_SIDE)
     if pixel_values.shape[-2] > height or pixel_values.shape[-1] > width:
         raise ValueError(f"pixel_values of size {tuple(pixel_values.shape[-2:])} do not fit in {(height, width)}; "
                          f"pad to a larger size or resize the images (GlipImageProcessor size=)")
@@ -225,8 +230,7 @@ def export_program(model, kind: str = "detector", image_size=None, dtype=torch.f
     (in place, as `model.to`)."""
     model = _exportable(model, dtype)
     example = example or example_inputs(model.config, image_size or DEFAULT_IMAGE_SIZE, dtype=dtype)
-    minimum = MIN_IMAGE_SIDE if dynamic_image_size else MIN_STATIC_IMAGE_SIDE
-    traced_size = check_image_size(example["pixel_values"].shape[-2:], minimum)
+    traced_size = check_image_size(example["pixel_values"].shape[-2:], min_image_side(dynamic_image_size))
     if image_size is not None and traced_size != tuple(image_size):
         raise ValueError(f"the example's pixel_values are {traced_size}, not the image_size {tuple(image_size)}")
     if example["pixel_values"].shape[0] == 1:
