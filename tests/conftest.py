@@ -17,6 +17,29 @@ from glip_hf.head_glip import Scale
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = Path(os.environ.get("GLIP_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "reference"))
+# The longest test files, started first so that parallel workers (`make test` runs two) finish together.
+LONGEST_FILES_FIRST = ("test_export_glip.py", "test_demo_trees.py")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker takes its share of the cores: more threads than cores slow OpenMP down."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = str(max(1, len(os.sched_getaffinity(0)) // workers))
+        os.environ["OMP_NUM_THREADS"] = threads  # for the command-line runs the tests start
+        torch.set_num_threads(int(threads))
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: index for index, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a launcher's rendezvous (parallel tests must not share one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def require_reference(*relative_paths: str) -> Path:

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, free_port
 from evaluation_data import save_tiny_model, write_coco, write_flickr, write_lvis, write_odinw
 
 from glip_hf import GlipForGrounding, GlipProcessor, cli
@@ -137,7 +137,8 @@ def test_two_processes_give_the_same_predictions_as_one(workspace, tmp_path, cap
     assert run_cli(*common, "--save-predictions", tmp_path / "one.json", "--output", tmp_path / "one_metrics.json") == 0
     # accelerate's multi-process launcher is `--multi_gpu`; without a GPU the processes form a gloo group.
     command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "glip_hf.cli",
+               "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "glip_hf.cli",
                *map(str, common), "--save-predictions", str(tmp_path / "two.json"),
                "--output", str(tmp_path / "two_metrics.json")]
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600, cwd=REPO_ROOT)

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, bert_vocab_text_config, tiny_config
+from conftest import REPO_ROOT, bert_vocab_text_config, free_port, tiny_config
 from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
@@ -124,8 +124,9 @@ def test_two_process_accelerate_launch(workspace, tmp_path):
     assert accelerate, "accelerate is not installed next to this Python"
     output = tmp_path / "ddp"
     # accelerate's multi-process launcher is `--multi_gpu`; without a GPU the script trains on CPU over gloo.
-    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-               "no", "--dynamo_backend", "no", str(REPO_ROOT / "examples" / "finetune.py"),
+    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--main_process_port", str(free_port()), "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(REPO_ROOT / "examples" / "finetune.py"),
                *arguments(root, data, output, "--max_steps", "3", "--eval_annotations", str(data),
                           "--eval_images", str(data.parent), "--ddp_backend", "gloo")]
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)

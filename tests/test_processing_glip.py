@@ -209,7 +209,9 @@ def test_saved_folder_loads_with_remote_code_without_the_package(glip, converted
     model, processor = glip
     image_path = tmp_path / "astronaut.png"
     astronaut_image.save(image_path)
-    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin"}
+    # As many threads as this process, for equal rounding.
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
     result = subprocess.run([sys.executable, "-c", REMOTE_CODE_SCRIPT, str(converted_reference_dir), str(image_path)],
                             capture_output=True, text=True, check=False, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
