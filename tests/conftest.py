@@ -7,6 +7,7 @@ import os
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -144,6 +145,23 @@ def tiny_inputs(batch_size=2, height=256, width=256, text_length=12, vocab_size=
     input_ids = torch.randint(5, vocab_size, (batch_size, text_length), generator=generator)
     input_ids[:, 0] = 1
     return {"pixel_values": pixel_values, "input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+ONNX_RTOL = 1e-4  # exported graphs against PyTorch, relative (norm of the difference over the norm)
+
+
+def relative_error(ours, reference) -> float:
+    """||ours - reference|| / ||reference||, in float64."""
+    ours, reference = np.asarray(ours, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    return float(np.linalg.norm(ours - reference) / max(np.linalg.norm(reference), 1e-30))
+
+
+def run_onnx(path, inputs: dict) -> list:
+    """The outputs of an ONNX file run by ONNX Runtime's CPU provider on these tensors."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {name: tensor.numpy() for name, tensor in inputs.items()})
 
 
 @pytest.fixture(scope="session")

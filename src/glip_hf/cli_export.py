@@ -6,7 +6,8 @@ centerness), for any batch, text length and image size (multiples of 32 from 256
 is the size of the example traced, and with `--static-image-size` the only size the graph takes. With
 `--cached-prompt`, two more files next to it: `<stem>.text_encoder.onnx` (input_ids, attention_mask ->
 text_features) and `<stem>.cached_prompt.onnx` (pixel_values, text_features, attention_mask). `--format
-torch-export` writes the same graphs as `torch.export.save` archives (`.pt2`).
+torch-export` writes the same graphs as `torch.export.save` archives (`.pt2`); `--dtype bf16` needs it (ONNX Runtime
+cannot load a bf16 graph).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def add_parser(subparsers) -> None:
     export.add_argument("--output", required=True, type=Path, help="file to write (.onnx, or .pt2 for torch-export)")
     export.add_argument("--format", default="onnx", choices=FORMATS, help="onnx (default) or torch-export")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default 18; at least 16, GridSample)")
-    export.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"), help="weights and activations")
+    export.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+                        help="weights and activations (bf16 with --format torch-export only)")
     export.add_argument("--image-size", default="800x1344",
                         help="HxW of the example image traced (default 800x1344); the graph takes any HxW in "
                              "multiples of 32 from 256 to 4096")
@@ -47,6 +49,7 @@ def run(args) -> int:
     import torch
 
     from .export_glip import (
+        BF16_ONNX_REASON,
         DEFAULT_OPSET,
         DTYPES,
         MAX_IMAGE_SIDE,
@@ -65,6 +68,9 @@ def run(args) -> int:
         raise SystemExit(f"error: --opset {opset} is too old: ONNX GridSample needs at least {MIN_OPSET}")
     if args.format != "onnx" and args.opset is not None:
         raise SystemExit("error: --opset applies to --format onnx only")
+    if args.format == "onnx" and args.dtype == "bf16":
+        raise SystemExit(f"error: --dtype bf16 needs --format torch-export ({BF16_ONNX_REASON}); --dtype fp16 "
+                         "exports to ONNX")
     dynamic = not args.static_image_size
     minimum = min_image_side(dynamic)
     try:

@@ -43,6 +43,8 @@ MAX_IMAGE_SIDE = 4096
 # GlipImageProcessor's default: shorter side 800, longer at most 1333, padded to multiples of 32.
 DEFAULT_IMAGE_SIZE = (800, 1344)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Why bf16 stays out of ONNX: some ops these graphs use have no bfloat16 form there (checked with opsets 18 and 22).
+BF16_ONNX_REASON = "ONNX's Conv (before opset 22) and SplitToSequence take no bfloat16; ONNX Runtime refuses the file"
 
 
 def anchors_for_features(anchor_generator, vision_features) -> torch.Tensor:
@@ -258,6 +260,9 @@ def export_onnx(model, path, kind: str = "detector", image_size=None, opset: int
     """Writes one graph (see `export_program`) as an ONNX file at `path`, with named inputs and outputs."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset must be at least {MIN_OPSET} (ONNX GridSample), got {opset}")
+    if dtype == torch.bfloat16:
+        raise ValueError(f"bf16 graphs export with export_program (torch.export) only: {BF16_ONNX_REASON}; fp16 "
+                         "exports to ONNX")
     program = export_program(model, kind, image_size, dtype, example, eager_attention=True,
                              dynamic_image_size=dynamic_image_size)
     return program_to_onnx(program, path, kind, opset)
