@@ -45,25 +45,11 @@ def _outputs(args) -> dict[str, Path]:
     return paths
 
 
-def run(args) -> int:
-    import torch
-
-    from .export_glip import (
-        BF16_ONNX_REASON,
-        DEFAULT_OPSET,
-        DTYPES,
-        MAX_IMAGE_SIDE,
-        MIN_OPSET,
-        check_image_size,
-        export_onnx,
-        export_program,
-        min_image_side,
-    )
-    from .modeling_glip import GlipForGrounding
+def _refuse_bad_options(args, opset: int) -> None:
+    from .export_glip import BF16_ONNX_REASON, MIN_OPSET
 
     if not (args.model / "config.json").is_file():
         raise SystemExit(f"error: {args.model} is not a GLIP model folder (no config.json); convert a checkpoint first")
-    opset = DEFAULT_OPSET if args.opset is None else args.opset
     if args.format == "onnx" and opset < MIN_OPSET:
         raise SystemExit(f"error: --opset {opset} is too old: ONNX GridSample needs at least {MIN_OPSET}")
     if args.format != "onnx" and args.opset is not None:
@@ -71,15 +57,41 @@ def run(args) -> int:
     if args.format == "onnx" and args.dtype == "bf16":
         raise SystemExit(f"error: --dtype bf16 needs --format torch-export ({BF16_ONNX_REASON}); --dtype fp16 "
                          "exports to ONNX")
-    dynamic = not args.static_image_size
+
+
+def _image_size(args, dynamic: bool) -> tuple[int, int]:
+    from .export_glip import MAX_IMAGE_SIDE, check_image_size, min_image_side
+
     minimum = min_image_side(dynamic)
     try:
         height, _, width = args.image_size.partition("x")
-        image_size = check_image_size((int(height), int(width or height)), minimum)
+        return check_image_size((int(height), int(width or height)), minimum)
     except ValueError:
         raise SystemExit(
             f"error: --image-size must be HxW in multiples of 32 from {minimum} to {MAX_IMAGE_SIDE}, got "
             f"{args.image_size!r}") from None
+
+
+def _write(model, kind: str, path: Path, args, image_size, opset: int, dynamic: bool) -> None:
+    import torch
+
+    from .export_glip import DTYPES, export_onnx, export_program
+
+    if args.format == "torch-export":
+        program = export_program(model, kind, image_size, DTYPES[args.dtype], dynamic_image_size=dynamic)
+        torch.export.save(program, str(path))
+    else:
+        export_onnx(model, path, kind, image_size, opset=opset, dtype=DTYPES[args.dtype], dynamic_image_size=dynamic)
+
+
+def run(args) -> int:
+    from .export_glip import DEFAULT_OPSET
+    from .modeling_glip import GlipForGrounding
+
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    _refuse_bad_options(args, opset)
+    dynamic = not args.static_image_size
+    image_size = _image_size(args, dynamic)
     paths = _outputs(args)
     existing = [str(path) for path in paths.values() if path.exists()]
     if existing and not args.overwrite:
@@ -87,11 +99,7 @@ def run(args) -> int:
     if not args.output.parent.is_dir():
         raise SystemExit(f"error: the folder of {args.output} does not exist")
     model = GlipForGrounding.from_pretrained(args.model).eval()
-    dtype = DTYPES[args.dtype]
     for kind, path in paths.items():
-        if args.format == "onnx":
-            export_onnx(model, path, kind, image_size, opset=opset, dtype=dtype, dynamic_image_size=dynamic)
-        else:
-            torch.export.save(export_program(model, kind, image_size, dtype, dynamic_image_size=dynamic), str(path))
+        _write(model, kind, path, args, image_size, opset, dynamic)
         print(f"{kind}: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
