@@ -1,6 +1,6 @@
 """Deployment paths on one device in one run: GLIP-T in PyTorch (fp32, bf16 autocast, fp32 with the prompt encoded
-once) and in ONNX Runtime (fp32, exported by `glip_hf.export_glip`), against Grounding DINO-T in PyTorch (fp32, bf16
-autocast), on the same image and the 80 COCO class names.
+once) and in ONNX Runtime (fp32 as `glip_hf.export_glip` exports it, and `onnx_int8.py`'s int8 copy), against
+Grounding DINO-T in PyTorch (fp32, bf16 autocast), on the same image and the 80 COCO class names.
 
     python benchmarks/bench_deploy.py [--size 512] [--repeats 3] [--skip-onnx] [--onnx-image-size any|fixed]
         [--bf16 auto|always|never]
@@ -8,8 +8,8 @@ autocast), on the same image and the 80 COCO class names.
 The image is resized by each model's processor (GLIP: 800x800 for a 512x512 photo). Runs alternate between the paths
 (a, b, c, ..., a, b, c, ...), so that load from other processes falls on all of them; each row gives the median and
 the spread (min-max) of its runs. Times are end to end: preprocessing, model, post-processing. Reports GLIP-T's
-FLOPs per image, achieved TFLOP/s, each path's speed relative to Grounding DINO-T's best, the ONNX file's size, and
-whether this CPU multiplies bf16 in hardware.
+FLOPs per image, achieved TFLOP/s (for int8, the fp32 model's FLOPs over its time), each path's speed relative to
+Grounding DINO-T's best, the ONNX files' sizes, and whether this CPU multiplies bf16 in hardware.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from common import (
     timed_alternately,
     write_results,
 )
+from onnx_int8 import int8_copy
 
 from glip_hf.export_glip import export_onnx, post_process_exported
 from glip_hf.precision_glip import cpu_has_fast_bf16
@@ -81,7 +82,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--size", default="512", help="HxW or S (square) of the test photo")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--skip-onnx", action="store_true", help="leave out the ONNX Runtime row")
+    parser.add_argument("--skip-onnx", action="store_true", help="leave out the ONNX Runtime rows")
     parser.add_argument("--onnx-image-size", choices=["any", "fixed"], default="any",
                         help="export the ONNX graph for any image size (glip-hf export's default) or for the "
                              "photo's size only (--static-image-size)")
@@ -103,7 +104,7 @@ def main(argv=None) -> dict:
     if args.bf16 == "always" or (args.bf16 == "auto" and cpu_has_fast_bf16()):
         paths["GLIP-T PyTorch bf16 autocast"] = glip_pytorch(glip, glip_processor, image, True, False)
         paths["Grounding DINO-T PyTorch bf16 autocast"] = grounding_dino(dino, dino_processor, image, bf16=True)
-    onnx_bytes = None
+    onnx_bytes = int8_bytes = None
     with tempfile.TemporaryDirectory() as folder:
         if not args.skip_onnx:
             any_size = args.onnx_image_size == "any"
@@ -112,6 +113,9 @@ def main(argv=None) -> dict:
             onnx_bytes = onnx_path.stat().st_size
             name = f"GLIP-T ONNX Runtime fp32, {'any-size' if any_size else 'fixed-size'} graph"
             paths[name] = glip_onnx(onnx_path, glip_processor, image, torch.get_num_threads())
+            int8_path = int8_copy(onnx_path, Path(folder) / "glip_t.int8.onnx")
+            int8_bytes = int8_path.stat().st_size
+            paths[name.replace("fp32", "int8")] = glip_onnx(int8_path, glip_processor, image, torch.get_num_threads())
         timings = timed_alternately(paths, args.repeats, args.warmup, "cpu")
     flops = glip_flops_per_image(glip, glip_processor, image, "cpu")
     dino_best = min(timing["median_s"] for name, timing in timings.items() if name.startswith("Grounding"))
@@ -121,9 +125,10 @@ def main(argv=None) -> dict:
         if name.startswith("GLIP-T"):
             row["achieved_tflops"] = flops / timing["median_s"] / 1e12
         rows.append(row)
-    results = {"device": device_description("cpu"), "photo": f"{height}x{width}", "glip_input": f"{padded[0]}x{padded[1]}",
-               "prompt": "80 COCO class names", "glip_flops_per_image": flops, "rows": rows,
-               "onnx_file_bytes": onnx_bytes, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    results = {"device": device_description("cpu"), "photo": f"{height}x{width}",
+               "glip_input": f"{padded[0]}x{padded[1]}", "prompt": "80 COCO class names",
+               "glip_flops_per_image": flops, "rows": rows, "onnx_file_bytes": onnx_bytes,
+               "onnx_int8_file_bytes": int8_bytes, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                "cpu_has_fast_bf16": cpu_has_fast_bf16(), "torch": torch.__version__}
     print(f"{results['device']}, {results['cpu_capability']}, fast bf16: {results['cpu_has_fast_bf16']}; GLIP-T "
           f"{flops / 1e12:.2f} TFLOP per image at {results['glip_input']}")
@@ -134,7 +139,7 @@ def main(argv=None) -> dict:
         print(f"{row['path']:42s} {row['median_s']:9.2f} {spread:>13s} {row['speed_vs_grounding_dino_best']:13.2f}x "
               f"{tflops:>8s}")
     if onnx_bytes:
-        print(f"ONNX file: {onnx_bytes / 2**20:.0f} MiB")
+        print(f"ONNX files: fp32 {onnx_bytes / 2**20:.0f} MiB, int8 {int8_bytes / 2**20:.0f} MiB")
     write_results(args.output, results)
     return results
 
