@@ -47,16 +47,6 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BF16_ONNX_REASON = "ONNX's Conv (before opset 22) and SplitToSequence take no bfloat16; ONNX Runtime refuses the file"
 
 
-def anchors_for_features(anchor_generator, vision_features) -> torch.Tensor:
-    """All anchors (A, 4) for the levels' feature maps, built from their (possibly symbolic) sizes: an exported
-    graph computes them for each input size instead of baking in those of the example."""
-    levels = []
-    for cell, stride, feature in zip(anchor_generator._cells, anchor_generator.strides, vision_features):
-        cell = torch.tensor(cell, dtype=feature.dtype, device=feature.device)
-        levels.append(anchor_generator._grid(cell, stride, feature.shape[-2:]))
-    return torch.cat(levels)
-
-
 class GlipDetectorForExport(nn.Module):
     """`GlipForGrounding` with tensors in and out: (pixel_values, input_ids or text_features, attention_mask) ->
     (logits, pred_boxes, centerness)."""
@@ -70,7 +60,9 @@ class GlipDetectorForExport(nn.Module):
         text_inputs = {"text_features" if self.cached_prompt else "input_ids": text}
         outputs = self.model.model(pixel_values, attention_mask=attention_mask, **text_inputs)
         logits, box_regression, centerness = self.model.head(outputs.vision_features, outputs.text_features)
-        anchors = anchors_for_features(self.model.anchor_generator, outputs.vision_features)
+        first = outputs.vision_features[0]
+        sizes = [feature.shape[-2:] for feature in outputs.vision_features]  # symbolic in a graph of any size
+        anchors = torch.cat(self.model.anchor_generator.grids(sizes, first.device, first.dtype))
         pred_boxes = self.model.box_coder.decode(box_regression, anchors[None].to(box_regression.dtype))
         return logits, pred_boxes, centerness
 

@@ -52,20 +52,22 @@ class GlipAnchorGenerator(nn.Module):
         self._cache: dict = {}
 
     def anchors_per_level(self, spatial_shapes, device, dtype=torch.float32) -> list[torch.Tensor]:
-        """spatial_shapes: [(H_l, W_l)]. Returns [(H_l * W_l * A, 4)] per level."""
-        key = (tuple(tuple(int(s) for s in shape) for shape in spatial_shapes), str(device), dtype)
+        """spatial_shapes: [(H_l, W_l)]. Returns [(H_l * W_l * A, 4)] per level, kept for the last sizes asked."""
+        shapes = tuple(tuple(int(side) for side in shape) for shape in spatial_shapes)
+        key = (shapes, str(device), dtype)
         if key not in self._cache:
             self._cache.clear()  # one entry: inputs of one size in a row are the common case
-            self._cache[key] = [
-                self._grid(torch.tensor(cell, device=device, dtype=dtype), stride, shape)
-                for cell, stride, shape in zip(self._cells, self.strides, spatial_shapes)
-            ]
+            self._cache[key] = self.grids(shapes, device, dtype)
         return self._cache[key]
 
+    def grids(self, spatial_shapes, device, dtype=torch.float32) -> list[torch.Tensor]:
+        """As `anchors_per_level`, uncached: the sizes may be symbolic, as in a torch.export graph of any image
+        size, which computes the anchors for each input instead of baking in those of its example."""
+        return [self._grid(torch.tensor(cell, device=device, dtype=dtype), stride, height, width)
+                for cell, stride, (height, width) in zip(self._cells, self.strides, spatial_shapes)]
+
     @staticmethod
-    def _grid(cell, stride, shape):
-        # Sizes stay symbolic under torch.export (a graph of any image size); a tensor's become ints.
-        height, width = (size if isinstance(size, (int, torch.SymInt)) else int(size) for size in shape[:2])
+    def _grid(cell, stride, height, width):
         shift_y, shift_x = torch.meshgrid(
             torch.arange(height, device=cell.device, dtype=cell.dtype) * stride,
             torch.arange(width, device=cell.device, dtype=cell.dtype) * stride,
